@@ -1,0 +1,271 @@
+"""The .dcv container: bytes <-> structured chunks. Defined once, with construct (spec/format.md).
+
+This layer knows nothing about neural networks or Pillow. A file is an 8-byte signature followed
+by chunks; each chunk is ``type (4 ASCII) | length (u32 BE, of data) | data | crc32 (u32 BE, of
+type + length + data)``. Errors leave this module only as :class:`ContainerError` (a
+``ValueError``) with a message saying what is wrong; callers map it to their own conventions.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from construct import (
+    Bytes,
+    Check,
+    Checksum,
+    Const,
+    ConstructError,
+    Flag,
+    GreedyBytes,
+    Int8ub,
+    Int16ub,
+    Int32ub,
+    Mapping,
+    PaddedString,
+    Prefixed,
+    RawCopy,
+    RepeatUntil,
+    Struct,
+    Switch,
+    Terminated,
+    obj_,
+    this,
+)
+
+SIGNATURE = b"\x89DCV\r\n\x1a\n"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+
+MAX_SIDE = 65535
+MAX_CHUNK_LENGTH = 1 << 30
+MAX_METADATA_LENGTH = 64 << 20
+
+HEADER, TILE, ALPHA, END = b"DHDR", b"TILE", b"ALPH", b"DEND"
+ICC, EXIF, XMP = b"iCCP", b"eXIf", b"xMPt"
+
+
+class ContainerError(ValueError):
+    """The bytes are not a well-formed .dcv container."""
+
+
+Header = Struct(
+    "version_major" / Int8ub,
+    "version_minor" / Int8ub,
+    "width" / Int16ub,
+    "height" / Int16ub,
+    Check((this.width >= 1) & (this.height >= 1)),
+    "colour" / Mapping(Int8ub, {"rgb": 0, "gray": 1}),
+    "alpha" / Flag,
+    "quality" / Int16ub,  # quality x 256 (8.8 fixed point): 256 .. 2048
+    "tile_size" / Int16ub,  # pixels, a multiple of 64
+    "tile_overlap" / Int8ub,  # pixels added on each interior side of a tile
+    "model_id" / PaddedString(16, "ascii"),
+    "model_hash" / Bytes(32),  # SHA-256 of the model's weight files
+    "coder" / Mapping(Int8ub, {"ans32": 1}),  # constriction AnsCoder, 32-bit words, little-endian
+    Terminated,
+)
+
+Tile = Struct(
+    "index" / Int32ub,
+    "symbols_crc" / Int32ub,  # CRC-32 of the decoded symbols (z then y, int32 little-endian)
+    "z_stream" / Prefixed(Int32ub, GreedyBytes),
+    "y_stream" / GreedyBytes,
+)
+
+Alpha = Struct(
+    "method" / Mapping(Int8ub, {"zlib-left": 0}),
+    "data" / GreedyBytes,
+)
+
+ChunkBody = Struct(
+    "type" / Bytes(4),
+    "data" / Prefixed(
+        Int32ub,
+        Switch(this.type, {HEADER: Header, TILE: Tile, ALPHA: Alpha, END: Terminated}, default=GreedyBytes),
+    ),
+)
+
+Chunk = Struct(
+    "body" / RawCopy(ChunkBody),
+    "crc" / Checksum(Int32ub, lambda data: zlib.crc32(data), this.body.data),
+)
+
+ChunkHead = Struct("type" / Bytes(4), "length" / Int32ub)
+
+DCVFile = Struct(
+    "signature" / Const(SIGNATURE),
+    "chunks" / RepeatUntil(obj_.body.value.type == END, Chunk),
+    Terminated,
+)
+
+
+def is_critical(chunk_type: bytes) -> bool:
+    """Like PNG: an upper-case first letter marks a chunk a decoder must understand."""
+    return chunk_type[:1].isupper()
+
+
+@dataclass
+class Container:
+    """A parsed file: header, metadata, optional alpha, and the tile payloads in order."""
+
+    header: dict
+    tiles: list[dict] = field(default_factory=list)
+    alpha: dict | None = None
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    xmp: bytes | None = None
+    unknown: list[tuple[bytes, bytes]] = field(default_factory=list)  # ancillary chunks kept as-is
+
+
+def chunk(chunk_type: bytes, data: object) -> dict:
+    return {"body": {"value": {"type": chunk_type, "data": data}}}
+
+
+def build(container: Container) -> bytes:
+    """Chunks in the order the spec requires: header, metadata, alpha, tiles, end."""
+    chunks = [chunk(HEADER, container.header)]
+    for chunk_type, payload in ((ICC, container.icc_profile), (EXIF, container.exif), (XMP, container.xmp)):
+        if payload is not None:
+            chunks.append(chunk(chunk_type, payload))
+    chunks += [chunk(t, d) for t, d in container.unknown]
+    if container.alpha is not None:
+        chunks.append(chunk(ALPHA, container.alpha))
+    chunks += [chunk(TILE, t) for t in container.tiles]
+    chunks.append(chunk(END, None))
+    try:
+        return DCVFile.build({"chunks": chunks})
+    except ConstructError as e:
+        raise ContainerError(f"cannot build DCV container: {e}") from None
+
+
+def parse(data: bytes) -> Container:
+    """Parse and check a whole file held in memory."""
+    if not data.startswith(SIGNATURE):
+        raise ContainerError("not a DCV file (bad signature)")
+    try:
+        parsed = DCVFile.parse(data)
+    except ConstructError as e:
+        raise ContainerError(f"damaged DCV file: {_reason(e)}") from None
+    return _assemble((c.body.value.type, c.body.value.data) for c in parsed.chunks)
+
+
+@dataclass
+class Index:
+    """What a lazy open learns from the small chunks, plus where the tiles lie in the file."""
+
+    container: Container
+    tile_offsets: list[tuple[int, int]]  # (offset of the chunk, total chunk size) per tile
+
+
+def scan(fp: BinaryIO) -> Index:
+    """Read the header and metadata chunks, and skip over (but locate) the tile chunks.
+
+    ``fp`` is positioned at the signature. Lengths are checked against the bytes that remain
+    before anything is read, so a damaged length never causes a large allocation.
+    """
+    start = fp.tell()
+    fp.seek(0, 2)
+    end = fp.seek(0, 2)
+    fp.seek(start)
+    if fp.read(len(SIGNATURE)) != SIGNATURE:
+        raise ContainerError("not a DCV file (bad signature)")
+    chunks: list[tuple[bytes, object]] = []
+    tile_offsets: list[tuple[int, int]] = []
+    while True:
+        offset = fp.tell()
+        head_bytes = fp.read(ChunkHead.sizeof())
+        if len(head_bytes) < ChunkHead.sizeof():
+            raise ContainerError("truncated DCV file (missing end chunk)")
+        head = ChunkHead.parse(head_bytes)
+        size = ChunkHead.sizeof() + head.length + 4
+        if head.length > MAX_CHUNK_LENGTH or offset + size > end:
+            raise ContainerError(f"truncated or damaged chunk {head.type!r} at offset {offset}")
+        if head.type == TILE:
+            tile_offsets.append((offset, size))
+            fp.seek(offset + size)
+            chunks.append((TILE, None))
+            continue
+        chunks.append(read_chunk(fp, offset, size))
+        if head.type == END:
+            if fp.tell() != end:
+                raise ContainerError("data after the end chunk")
+            break
+    container = _assemble(chunks)
+    return Index(container, tile_offsets)
+
+
+def read_chunk(fp: BinaryIO, offset: int, size: int) -> tuple[bytes, object]:
+    """Read one chunk located by :func:`scan`, checking its CRC."""
+    fp.seek(offset)
+    raw = fp.read(size)
+    if len(raw) != size:
+        raise ContainerError(f"truncated chunk at offset {offset}")
+    try:
+        parsed = Chunk.parse(raw)
+    except ConstructError as e:
+        raise ContainerError(f"damaged chunk at offset {offset}: {_reason(e)}") from None
+    return parsed.body.value.type, parsed.body.value.data
+
+
+def verify(fp: BinaryIO) -> None:
+    """Check the structure and every CRC without decoding anything."""
+    index = scan(fp)
+    for offset, size in index.tile_offsets:
+        read_chunk(fp, offset, size)
+
+
+def _assemble(chunks: Iterator[tuple[bytes, object]] | list) -> Container:
+    """Apply the ordering rules of spec/format.md section 3 to a sequence of chunks."""
+    chunks = list(chunks)
+    if not chunks or chunks[0][0] != HEADER:
+        raise ContainerError("the first chunk must be DHDR")
+    header = dict(chunks[0][1])
+    header.pop("_io", None)
+    if header["version_major"] != VERSION_MAJOR:
+        raise ContainerError(f"unsupported DCV version {header['version_major']}.{header['version_minor']}")
+    if header["tile_size"] == 0 or header["tile_size"] % 64:
+        raise ContainerError(f"invalid tile size {header['tile_size']}")
+    container = Container(header=header)
+    seen_tile = False
+    for chunk_type, data in chunks[1:]:
+        if chunk_type == END:
+            break
+        if chunk_type == TILE:
+            seen_tile = True
+            if data is not None:
+                container.tiles.append(_plain(data))
+            continue
+        if seen_tile:
+            raise ContainerError(f"chunk {chunk_type!r} after the first TILE")
+        if chunk_type == HEADER:
+            raise ContainerError("more than one DHDR chunk")
+        elif chunk_type == ALPHA:
+            if container.alpha is not None or not header["alpha"]:
+                raise ContainerError("unexpected ALPH chunk")
+            container.alpha = _plain(data)
+        elif chunk_type in (ICC, EXIF, XMP):
+            attr = {ICC: "icc_profile", EXIF: "exif", XMP: "xmp"}[chunk_type]
+            if getattr(container, attr) is not None:
+                raise ContainerError(f"more than one {chunk_type!r} chunk")
+            if len(data) > MAX_METADATA_LENGTH:
+                raise ContainerError(f"{chunk_type!r} chunk too large")
+            setattr(container, attr, bytes(data))
+        elif is_critical(chunk_type):
+            raise ContainerError(f"unknown critical chunk {chunk_type!r}")
+        else:
+            container.unknown.append((chunk_type, bytes(data)))
+    if header["alpha"] and container.alpha is None:
+        raise ContainerError("header announces alpha but there is no ALPH chunk")
+    return container
+
+
+def _plain(data: object) -> dict:
+    return {k: v for k, v in dict(data).items() if not k.startswith("_")}
+
+
+def _reason(error: ConstructError) -> str:
+    return str(error).splitlines()[0][:200]

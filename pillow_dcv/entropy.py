@@ -1,0 +1,80 @@
+"""Entropy coding of integer symbols with constriction's ANS coder and fixed integer tables.
+
+Every table is a vector of integer counts (>= 1) stored in the model file, so the coded stream
+depends only on integers: the same bytes on every machine. Symbols that share a table are coded
+in one call; the decoder knows each symbol's table from the (integer-exact) prior and groups the
+same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CODER_NAME = "ans32"
+
+
+def _constriction():  # imported lazily: Image.open must stay fast
+    import constriction
+
+    return constriction
+
+
+class Tables:
+    """A family of categorical tables. Table k covers symbols offset[k] .. offset[k] + len - 1."""
+
+    def __init__(self, counts: list[np.ndarray], offsets: np.ndarray) -> None:
+        self.counts = counts
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.lows = self.offsets
+        self.highs = self.offsets + np.array([len(c) for c in counts]) - 1
+        self._models: dict[int, object] = {}
+
+    def model(self, k: int):
+        m = self._models.get(k)
+        if m is None:
+            c = _constriction()
+            m = c.stream.model.Categorical(self.counts[k].astype(np.float64), perfect=False)
+            self._models[k] = m
+        return m
+
+    def clamp(self, symbols: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """Clamp each symbol into its table's support (values outside are vanishingly rare)."""
+        return np.clip(symbols, self.lows[table], self.highs[table])
+
+
+def encode(symbols: np.ndarray, table: np.ndarray, tables: Tables) -> bytes:
+    """Code ``symbols`` (already inside their supports) where symbol i uses table ``table[i]``."""
+    c = _constriction()
+    coder = c.stream.stack.AnsCoder()
+    symbols = symbols.ravel()
+    table = table.ravel()
+    order = np.argsort(table, kind="stable")
+    groups = np.unique(table)
+    bounds = np.searchsorted(table[order], groups, side="left").tolist() + [len(order)]
+    # ANS is a stack: push the groups in reverse so the decoder pops them in ascending order.
+    for g in range(len(groups) - 1, -1, -1):
+        k = int(groups[g])
+        chosen = symbols[order[bounds[g] : bounds[g + 1]]] - tables.offsets[k]
+        coder.encode_reverse(chosen.astype(np.int32), tables.model(k))
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def decode(data: bytes, table: np.ndarray, tables: Tables) -> np.ndarray:
+    """Inverse of :func:`encode`; raises ``ValueError`` on a stream that is not well formed."""
+    if len(data) % 4:
+        raise ValueError("entropy-coded stream is not a whole number of 32-bit words")
+    c = _constriction()
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    coder = c.stream.stack.AnsCoder(words)
+    table = table.ravel()
+    out = np.empty(table.shape, dtype=np.int64)
+    order = np.argsort(table, kind="stable")
+    groups = np.unique(table)
+    bounds = np.searchsorted(table[order], groups, side="left").tolist() + [len(order)]
+    for g, k in enumerate(groups.tolist()):
+        n = bounds[g + 1] - bounds[g]
+        values = coder.decode(tables.model(k), n)
+        out[order[bounds[g] : bounds[g + 1]]] = values.astype(np.int64) + tables.offsets[k]
+    if not coder.is_empty():
+        raise ValueError("entropy-coded stream has data left over")
+    return out

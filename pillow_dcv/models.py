@@ -1,0 +1,117 @@
+"""The bundled model: ONNX transforms run by onnxruntime, the integer prior and the entropy tables.
+
+One onnxruntime session per transform per process, created lazily under a lock (session creation
+is not thread-safe; ``run`` is, and releases the GIL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .entropy import Tables
+from .prior import IntegerHyperSynthesis
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL = "dcv-ms1-b"
+MODEL_FILES = ("analysis.onnx", "synthesis.onnx", "prior.npz")
+
+_lock = threading.Lock()
+_models: dict[str, Model] = {}
+_settings = {"threads": 0}  # 0: one per core
+
+
+def set_threads(threads: int) -> None:
+    """Threads used by onnxruntime for models loaded from now on (0 = one per core)."""
+    if threads < 0:
+        raise ValueError("threads must be >= 0")
+    _settings["threads"] = threads
+
+
+def available_models() -> list[str]:
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "prior.npz").exists())
+
+
+def get_model(model_id: str = DEFAULT_MODEL) -> Model:
+    with _lock:
+        model = _models.get(model_id)
+        if model is None:
+            folder = MODELS_DIR / model_id
+            if "/" in model_id or "\\" in model_id or not (folder / "prior.npz").exists():
+                raise KeyError(model_id)
+            model = _models[model_id] = Model(folder)
+        return model
+
+
+def _tables(params: dict[str, np.ndarray], prefix: str) -> Tables:
+    counts = np.split(params[f"{prefix}_counts"].astype(np.int64), np.cumsum(params[f"{prefix}_lengths"])[:-1])
+    return Tables(counts, params[f"{prefix}_offsets"])
+
+
+class Model:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.meta = json.loads((folder / "model.json").read_text())
+        self.model_id = folder.name
+        digest = hashlib.sha256()
+        for name in MODEL_FILES:
+            digest.update((folder / name).read_bytes())
+        self.hash = digest.digest()
+        with np.load(folder / "prior.npz") as f:
+            params = {k: f[k] for k in f.files}
+        self.prior = IntegerHyperSynthesis(params)
+        self.y_tables = _tables(params, "y")
+        self.z_tables = _tables(params, "z")
+        self.log_gain = params["gain"].astype(np.float64)
+        self.log_inv_gain = params["inv_gain"].astype(np.float64)
+        self.latent_channels = self.log_gain.shape[1]
+        self._session_lock = threading.Lock()
+        self._sessions: dict[str, object] = {}
+
+    def gains(self, quality: float) -> tuple[np.ndarray, np.ndarray]:
+        """Gain vectors for quality in [1, 8]: geometric interpolation between the learned ones."""
+        i = min(int(np.floor(quality)), len(self.log_gain)) - 1
+        t = quality - (i + 1)
+        j = min(i + 1, len(self.log_gain) - 1)
+        g = (1 - t) * self.log_gain[i] + t * self.log_gain[j]
+        ig = (1 - t) * self.log_inv_gain[i] + t * self.log_inv_gain[j]
+        shape = (1, self.latent_channels, 1, 1)
+        return np.exp(g).astype(np.float32).reshape(shape), np.exp(ig).astype(np.float32).reshape(shape)
+
+    def session(self, name: str, optimization: str | None = None, threads: int | None = None):
+        key = f"{name}:{optimization}:{threads}"
+        with self._session_lock:
+            s = self._sessions.get(key)
+            if s is None:
+                s = self._sessions[key] = self._make_session(name, optimization, threads)
+            return s
+
+    def _make_session(self, name: str, optimization: str | None, threads: int | None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        level = optimization or "ORT_ENABLE_ALL"
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        n = threads if threads is not None else (_settings["threads"] or os.cpu_count() or 1)
+        opts.intra_op_num_threads = n
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(self.folder / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+
+    def analysis(self, x: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y, z = self.session("analysis").run(None, {"x": x, "gain": gain})
+        return y, z
+
+    def synthesis(self, y_hat: np.ndarray, inv_gain: np.ndarray, **session_args) -> np.ndarray:
+        (x_hat,) = self.session("synthesis", **session_args).run(None, {"y_hat": y_hat, "inv_gain": inv_gain})
+        return x_hat
+
+    @cached_property
+    def size_bytes(self) -> int:
+        return sum((self.folder / n).stat().st_size for n in MODEL_FILES)

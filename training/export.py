@@ -1,0 +1,236 @@
+"""Export a trained checkpoint to the runtime files in pillow_dcv/models/<model_id>/.
+
+    python training/export.py --checkpoint ~/.cache/pillow-dcv/ckpt.pt --model-id dcv-ms1-a
+
+Writes analysis.onnx (g_a + gains + h_a), synthesis.onnx (gains + g_s, transposed convolutions),
+prior.npz (integer hyper-synthesis, integer entropy tables, gain vectors) and weights.pt (the fp16
+state dict, from which training can resume on a fresh machine). Then checks ONNX against PyTorch
+on real images and the integer prior against the float one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "training"))
+sys.path.insert(0, str(ROOT))
+from model import SCALE_MIN, DCVModel  # noqa: E402
+
+WEIGHT_BITS = 15
+ACTIVATION_BITS = 15  # calibrated maximum maps to 2**15; the runtime clips at 2**16
+SCALE_TABLE = np.exp(np.linspace(math.log(SCALE_MIN), math.log(256.0), 64))
+TABLE_PRECISION = 2**20
+Z_SEARCH = 512  # hyper-latent support searched for the factorized tables
+
+
+class Analysis(nn.Module):
+    def __init__(self, model: DCVModel) -> None:
+        super().__init__()
+        self.g_a, self.h_a = model.g_a, model.h_a
+
+    def forward(self, x: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.g_a(x) * gain
+        return y, self.h_a(y)
+
+
+class Synthesis(nn.Module):
+    def __init__(self, model: DCVModel) -> None:
+        super().__init__()
+        self.g_s = model.g_s
+
+    def forward(self, y_hat: torch.Tensor, inv_gain: torch.Tensor) -> torch.Tensor:
+        return self.g_s(y_hat * inv_gain)
+
+
+def bake_gdn(model: DCVModel) -> None:
+    """Replace GDN parameters by their effective values so the graph is plain Mul/Conv/Sqrt/Div."""
+    for module in model.modules():
+        if module.__class__.__name__ == "GDN":
+            beta, gamma = module.effective_params()
+            module.beta.data, module.gamma.data = beta.detach().clone(), gamma.detach().clone()
+            module.effective_params = lambda b=module.beta, g=module.gamma: (b, g)
+
+
+def export_onnx(module: nn.Module, inputs: tuple, names: list[str], outputs: list[str], path: Path) -> None:
+    dynamic = {n: {2: "h", 3: "w"} for n in names[:1]}
+    dynamic.update({n: {2: "oh", 3: "ow"} for n in outputs})
+    torch.onnx.export(module, inputs, str(path), input_names=names, output_names=outputs,
+                      dynamic_axes=dynamic, opset_version=17, dynamo=False)
+
+
+def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Integer weights (int16 range), power-of-two fixed point, activation ranges from calibration."""
+    layers = [m for m in model.h_s if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    # Per-layer activation maxima after ReLU on calibration data.
+    maxima = [0.0] * len(layers)
+    with torch.no_grad():
+        for z in calibration_z:
+            x = z
+            for i, layer in enumerate(layers[:-1]):
+                x = torch.relu(layer(x))
+                maxima[i] = max(maxima[i], float(x.max()))
+    params: dict[str, np.ndarray] = {"hs_layers": np.array(len(layers))}
+    frac_in = 0  # z is an integer
+    for i, layer in enumerate(layers):
+        w = layer.weight.detach().double().numpy()
+        b = layer.bias.detach().double().numpy()
+        frac_w = int(math.floor(math.log2((2**WEIGHT_BITS - 1) / max(np.abs(w).max(), 1e-12))))
+        acc_frac = frac_in + frac_w
+        if i < len(layers) - 1:
+            frac_out = int(math.floor(math.log2(2**ACTIVATION_BITS / max(maxima[i], 1e-6))))
+            shift = acc_frac - frac_out
+        else:
+            frac_out, shift = acc_frac, 0
+        params[f"hs{i}_kind"] = np.array("deconv" if isinstance(layer, nn.ConvTranspose2d) else "conv")
+        params[f"hs{i}_w"] = np.round(w * 2.0**frac_w).astype(np.int16)
+        params[f"hs{i}_b"] = np.round(b * 2.0**acc_frac).astype(np.int64)
+        params[f"hs{i}_shift"] = np.array(shift)
+        frac_in = frac_out
+    params["hs_out_frac_bits"] = np.array(frac_in)
+    midpoints = np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:])
+    params["scale_thresholds"] = np.ceil(midpoints * 2.0**frac_in).astype(np.int64)
+    return params
+
+
+def gaussian_tables() -> dict[str, np.ndarray]:
+    from scipy.special import ndtr
+
+    counts, offsets = [], []
+    for s in SCALE_TABLE:
+        r = max(2, int(math.ceil(8 * s)))
+        v = np.arange(-r, r + 1, dtype=np.float64)
+        p = ndtr((v + 0.5) / s) - ndtr((v - 0.5) / s)
+        counts.append(np.round(p * TABLE_PRECISION).astype(np.int64) + 1)
+        offsets.append(-r)
+    return pack_tables("y", counts, offsets)
+
+
+def factorized_tables(model: DCVModel) -> dict[str, np.ndarray]:
+    eb = model.entropy_bottleneck
+    v = torch.arange(-Z_SEARCH, Z_SEARCH + 1, dtype=torch.float32)
+    c = eb.matrices[0].shape[0]
+    with torch.no_grad():
+        p = eb.likelihood(v.reshape(1, 1, 1, -1).repeat(1, c, 1, 1))[0, :, 0].double().numpy()
+    counts, offsets = [], []
+    for ch in range(c):
+        pc = p[ch] / p[ch].sum()
+        cdf = np.cumsum(pc)
+        lo = int(np.searchsorted(cdf, 1e-7))
+        hi = int(np.searchsorted(cdf, 1 - 1e-7))
+        hi = max(hi, lo + 1)
+        counts.append(np.round(pc[lo : hi + 1] * TABLE_PRECISION).astype(np.int64) + 1)
+        offsets.append(lo - Z_SEARCH)
+    return pack_tables("z", counts, offsets)
+
+
+def pack_tables(prefix: str, counts: list[np.ndarray], offsets: list[int]) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}_counts": np.concatenate(counts).astype(np.uint32),
+        f"{prefix}_lengths": np.array([len(c) for c in counts], dtype=np.int64),
+        f"{prefix}_offsets": np.array(offsets, dtype=np.int64),
+    }
+
+
+def load_image(path: Path, multiple: int = 64) -> torch.Tensor:
+    a = np.asarray(Image.open(path).convert("RGB"))
+    h, w = a.shape[0] // multiple * multiple, a.shape[1] // multiple * multiple
+    return torch.from_numpy(a[:h, :w].copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default=str(Path.home() / ".cache/pillow-dcv/ckpt.pt"))
+    ap.add_argument("--weights", help="an exported weights.pt instead of a checkpoint")
+    ap.add_argument("--model-id", required=True)
+    ap.add_argument("--out", default=str(ROOT / "pillow_dcv" / "models"))
+    ap.add_argument("--raw", action="store_true", help="use the raw weights, not the EMA")
+    ap.add_argument("--calibration", default=str(ROOT.parent / "shared/data/train/debian_wallpapers"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+
+    if args.weights:
+        state = torch.load(args.weights, map_location="cpu")
+        cfg, sd, step = state["config"], state["state_dict"], state.get("step", 0)
+    else:
+        ckpt = torch.load(args.checkpoint, map_location="cpu")
+        cfg, step = ckpt["config"], ckpt["step"]
+        sd = ckpt["model" if args.raw else "ema"]
+    model = DCVModel(**cfg["model"])
+    model.load_state_dict({k: v.float() for k, v in sd.items()})
+    model.eval()
+    out = Path(args.out) / args.model_id
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg, "step": step, "state_dict": {k: v.half() for k, v in model.state_dict().items()}},
+               out / "weights.pt")
+
+    bake_gdn(model)
+    m = cfg["model"]["m"]
+    x = torch.rand(1, 3, 128, 192)
+    gain = torch.ones(1, m, 1, 1)
+    export_onnx(Analysis(model), (x, gain), ["x", "gain"], ["y", "z"], out / "analysis.onnx")
+    export_onnx(Synthesis(model), (torch.rand(1, m, 8, 12), gain), ["y_hat", "inv_gain"], ["x_hat"],
+                out / "synthesis.onnx")
+
+    calib_paths = sorted(Path(args.calibration).glob("*"))[:4]
+    calib_z = []
+    with torch.no_grad():
+        for p in calib_paths:
+            img = load_image(p)
+            for q in range(len(model.gain)):
+                g, _ = model.gains(torch.tensor([q]))
+                calib_z.append(torch.round(model.h_a(model.g_a(img) * g)))
+    params = quantise_hyper_synthesis(model, calib_z)
+    params.update(gaussian_tables())
+    params.update(factorized_tables(model))
+    params["gain"] = model.gain.detach().numpy().astype(np.float32)
+    params["inv_gain"] = model.inv_gain.detach().numpy().astype(np.float32)
+    np.savez_compressed(out / "prior.npz", **params)
+    meta = {"model_id": args.model_id, "step": step, "config": cfg["model"]}
+    (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
+    check(model, out, calib_paths[:2], calib_z)
+    print(f"exported {args.model_id} (step {step}) to {out}")
+
+
+def check(model: DCVModel, out: Path, paths: list[Path], calib_z: list[torch.Tensor]) -> None:
+    """ONNX vs PyTorch on real images; integer prior vs float prior."""
+    import onnxruntime as ort
+
+    from pillow_dcv.prior import IntegerHyperSynthesis
+
+    ana = ort.InferenceSession(str(out / "analysis.onnx"), providers=["CPUExecutionProvider"])
+    syn = ort.InferenceSession(str(out / "synthesis.onnx"), providers=["CPUExecutionProvider"])
+    q = torch.tensor([3])
+    g, ig = model.gains(q)
+    for p in paths:
+        x = load_image(p)
+        with torch.no_grad():
+            y_ref, z_ref = model.g_a(x) * g, None
+            z_ref = model.h_a(y_ref)
+            x_ref = model.g_s(torch.round(y_ref) * ig)
+        y, z = ana.run(None, {"x": x.numpy(), "gain": g.detach().numpy()})
+        (xh,) = syn.run(None, {"y_hat": torch.round(y_ref).numpy(), "inv_gain": ig.detach().numpy()})
+        err = (np.abs(y - y_ref.numpy()).max(), np.abs(z - z_ref.numpy()).max(), np.abs(xh - x_ref.numpy()).max())
+        print(f"onnx vs torch max abs error on {p.name}: y {err[0]:.2e} z {err[1]:.2e} x_hat {err[2]:.2e}")
+        assert max(err) < 1e-3, err
+    prior = IntegerHyperSynthesis(dict(np.load(out / "prior.npz")))
+    for z in calib_z[:4]:
+        with torch.no_grad():
+            scale, mu = model.h_s(z).chunk(2, 1)
+        mu_int, idx = prior(z[0].numpy())
+        ref_idx = np.searchsorted(np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:]), scale[0].numpy(), side="right")
+        print(f"integer prior: mu max abs error {np.abs(mu_int - mu[0].numpy()).max():.2e}, "
+              f"scale index agrees on {np.mean(idx == ref_idx) * 100:.2f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The DCV network: a mean-scale hyperprior (Minnen et al. 2018) with gain units for variable rate.
+
+Transforms are named by role as in CompressAI's ``models/google.py``:
+analysis ``g_a``, synthesis ``g_s`` (transposed convolutions), hyper-analysis ``h_a`` and
+hyper-synthesis ``h_s``. ``h_s`` is kept small and ReLU-only because the runtime evaluates it
+with integer weights so that the entropy decoder's probabilities are exactly reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# loss = lambda * 255^2 * MSE + bpp, one lambda per integer quality 1..8 (CompressAI's ladder).
+LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18)
+SCALE_MIN = 0.11
+
+
+def conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+def deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Ballé 2016), simplified parametrisation (beta, gamma >= 0)."""
+
+    def __init__(self, channels: int, inverse: bool = False) -> None:
+        super().__init__()
+        self.inverse = inverse
+        self.beta = nn.Parameter(torch.ones(channels))
+        self.gamma = nn.Parameter(0.1 * torch.eye(channels))
+
+    def effective_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        beta = self.beta.abs().clamp_min(1e-6)
+        gamma = self.gamma.abs()
+        return beta, gamma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta, gamma = self.effective_params()
+        c = gamma.shape[0]
+        norm = F.conv2d(x * x, gamma.reshape(c, c, 1, 1).to(x.dtype), beta.to(x.dtype))
+        norm = torch.sqrt(norm)
+        return x * norm if self.inverse else x / norm
+
+
+class EntropyBottleneck(nn.Module):
+    """Factorized prior for the hyper-latent z (Ballé et al. 2018, appendix 6.1)."""
+
+    def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0) -> None:
+        super().__init__()
+        dims = (1, *filters, 1)
+        scale = init_scale ** (1 / (len(filters) + 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(filters) + 1):
+            init = math.log(math.expm1(1 / scale / dims[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((channels, dims[i + 1], dims[i]), init)))
+            self.biases.append(nn.Parameter(torch.rand(channels, dims[i + 1], 1) - 0.5))
+            if i < len(filters):
+                self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
+
+    def logits_cdf(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (C, 1, L) -> logits of the cumulative density at x, same shape."""
+        for i, matrix in enumerate(self.matrices):
+            x = torch.matmul(F.softplus(matrix), x) + self.biases[i]
+            if i < len(self.factors):
+                x = x + torch.tanh(self.factors[i]) * torch.tanh(x)
+        return x
+
+    def likelihood(self, z: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = z.shape
+        v = z.permute(1, 0, 2, 3).reshape(c, 1, -1)
+        lower = self.logits_cdf(v - 0.5)
+        upper = self.logits_cdf(v + 0.5)
+        sign = -torch.sign(lower + upper).detach()
+        p = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
+        return p.reshape(c, b, h, w).permute(1, 0, 2, 3)
+
+
+def gaussian_likelihood(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """P(round(v) bin) for a zero-mean Gaussian; v is the value minus its predicted mean."""
+    scale = scale.clamp_min(SCALE_MIN)
+    v = v.abs()
+    upper = torch.special.ndtr((0.5 - v) / scale)
+    lower = torch.special.ndtr((-0.5 - v) / scale)
+    return upper - lower
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class DCVModel(nn.Module):
+    def __init__(self, n: int = 96, m: int = 192, nz: int = 128, nh: int = 128, qualities: int = 8) -> None:
+        super().__init__()
+        self.n, self.m, self.nz, self.nh = n, m, nz, nh
+        self.g_a = nn.Sequential(
+            conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m),
+        )
+        self.g_s = nn.Sequential(
+            deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True),
+            deconv(n, n), GDN(n, inverse=True), deconv(n, 3),
+        )
+        self.h_a = nn.Sequential(
+            conv(m, nh, 3, 1), nn.ReLU(), conv(nh, nh), nn.ReLU(), conv(nh, nz),
+        )
+        self.h_s = nn.Sequential(
+            deconv(nz, nh), nn.ReLU(), deconv(nh, 3 * m // 2), nn.ReLU(), conv(3 * m // 2, 2 * m, 3, 1),
+        )
+        self.entropy_bottleneck = EntropyBottleneck(nz)
+        # Gain units (Cui et al. 2020): one gain vector per quality on the latent, and its inverse.
+        # Initialised so that the quantisation step shrinks with lambda, which the model then refines.
+        log_gain = 0.5 * torch.log(torch.tensor(LAMBDAS) / LAMBDAS[3])
+        self.gain = nn.Parameter(log_gain[:, None].repeat(1, m).clone())
+        self.inv_gain = nn.Parameter(-log_gain[:, None].repeat(1, m).clone())
+        self.qualities = qualities
+
+    def gains(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample gain and inverse gain for integer quality indices q (0-based)."""
+        return self.gain[q].exp()[:, :, None, None], self.inv_gain[q].exp()[:, :, None, None]
+
+    def forward(self, x: torch.Tensor, q: torch.Tensor) -> dict[str, torch.Tensor]:
+        gain, inv_gain = self.gains(q)
+        y = self.g_a(x).float() * gain
+        z = self.h_a(y).float()
+        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+        z_hat = ste_round(z)
+        params = self.h_s(z_hat).float()
+        scale, mu = params.chunk(2, dim=1)
+        y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        y_lik = gaussian_likelihood(y_noisy - mu, scale)
+        z_lik = self.entropy_bottleneck.likelihood(z_noisy)
+        y_hat = ste_round(y - mu) + mu
+        x_hat = self.g_s(y_hat * inv_gain).float()
+        return {"x_hat": x_hat, "y_lik": y_lik, "z_lik": z_lik}
+
+
+def rate_distortion_loss(
+    out: dict[str, torch.Tensor], x: torch.Tensor, lmbda: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-sample bpp and MSE in fp32; loss = mean(lambda * 255^2 * MSE + bpp)."""
+    b, _, h, w = x.shape
+    npix = h * w
+    bits_y = -torch.log2(out["y_lik"].clamp_min(1e-9)).reshape(b, -1).sum(1)
+    bits_z = -torch.log2(out["z_lik"].clamp_min(1e-9)).reshape(b, -1).sum(1)
+    bpp = (bits_y + bits_z) / npix
+    mse = (out["x_hat"] - x).pow(2).reshape(b, -1).mean(1)
+    loss = (lmbda * 255**2 * mse + bpp).mean()
+    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean()}

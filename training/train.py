@@ -1,0 +1,180 @@
+"""Train the DCV model on CPU: bf16 autocast + channels_last, one variable-rate model, resumable.
+
+    python training/train.py --config training/config.toml [--max-hours H] [--init weights.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import CropSampler, build_cache  # noqa: E402
+from model import LAMBDAS, DCVModel, gaussian_likelihood, rate_distortion_loss  # noqa: E402
+
+
+def expand(p: str) -> Path:
+    return Path(os.path.expanduser(p))
+
+
+def learning_rate(step: int, cfg: dict) -> float:
+    if step < cfg["warmup_steps"]:
+        return cfg["lr"] * (step + 1) / cfg["warmup_steps"]
+    t = min(1.0, step / cfg["decay_steps"])
+    return cfg["lr_final"] + 0.5 * (cfg["lr"] - cfg["lr_final"]) * (1 + math.cos(math.pi * t))
+
+
+def to_tensor(batch: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def evaluate(model: DCVModel, images: list[np.ndarray]) -> dict[str, list[float]]:
+    """Rounded latents, estimated bits: a cheap curve for the log (not the shipped numbers)."""
+    model.eval()
+    result: dict[str, list[float]] = {"bpp": [], "psnr": []}
+    for qi in (0, 3, 7):
+        bpps, psnrs = [], []
+        for img in images:
+            x = to_tensor(img[None])
+            q = torch.tensor([qi])
+            gain, inv_gain = model.gains(q)
+            y = model.g_a(x) * gain
+            z = torch.round(model.h_a(y))
+            scale, mu = model.h_s(z).chunk(2, 1)
+            y_hat = torch.round(y - mu) + mu
+            bits = -torch.log2(gaussian_likelihood(y_hat - mu, scale).clamp_min(1e-9)).sum()
+            bits += -torch.log2(model.entropy_bottleneck.likelihood(z).clamp_min(1e-9)).sum()
+            x_hat = model.g_s(y_hat * inv_gain).clamp(0, 1)
+            mse = ((x_hat * 255).round() / 255 - x).pow(2).mean().item()
+            bpps.append(bits.item() / (x.shape[2] * x.shape[3]))
+            psnrs.append(10 * math.log10(1 / mse))
+        result["bpp"].append(round(float(np.mean(bpps)), 4))
+        result["psnr"].append(round(float(np.mean(psnrs)), 3))
+    model.train()
+    return result
+
+
+def load_eval_images(folder: Path, count: int) -> list[np.ndarray]:
+    paths = sorted(folder.glob("*.png"))[:: max(1, 24 // count)][:count]
+    out = []
+    for p in paths:
+        a = np.asarray(Image.open(p).convert("RGB"))
+        h, w = a.shape[0] // 64 * 64, a.shape[1] // 64 * 64
+        out.append(a[:h, :w])
+    return out
+
+
+def use_bf16(setting: str | bool) -> bool:
+    if setting != "auto":
+        return bool(setting)
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=str(Path(__file__).with_name("config.toml")))
+    ap.add_argument("--max-hours", type=float, default=1e9)
+    ap.add_argument("--max-steps", type=int, default=10**9)
+    ap.add_argument("--init", help="start from exported weights (state_dict) when no checkpoint exists")
+    args = ap.parse_args()
+    cfg = tomllib.loads(Path(args.config).read_text())
+    root = Path(args.config).resolve().parent.parent
+    torch.set_num_threads(cfg["run"]["threads"])
+    torch.manual_seed(int(time.time()))
+
+    cache = expand(cfg["data"]["cache_dir"])
+    if not (cache / "index.json").exists():
+        print("building crop cache ...", flush=True)
+        build_cache((root / cfg["data"]["train_dir"]).resolve(), cache)
+    sampler = CropSampler(cache, cfg["data"]["crop"], seed=int(time.time()))
+
+    model = DCVModel(**cfg["model"]).to(memory_format=torch.channels_last)
+    ema = DCVModel(**cfg["model"])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["optim"]["lr"])
+    ckpt_path = expand(cfg["run"]["checkpoint"])
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    step, hours = 0, 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, hours = state["step"], state["hours"]
+        print(f"resumed at step {step} ({hours:.2f} h)", flush=True)
+    else:
+        if args.init:
+            model.load_state_dict({k: v.float() for k, v in torch.load(args.init).items()})
+        ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+
+    log = expand(cfg["run"]["log"]).open("a")
+    eval_images = load_eval_images(root / cfg["run"]["eval_dir"], cfg["run"]["eval_images"])
+    lambdas = torch.tensor(LAMBDAS)
+    t_start, t_saved = time.time(), time.time()
+    hours_start = hours
+    bf16 = use_bf16(cfg["run"].get("amp", "auto"))
+    print(f"bf16 autocast: {bf16}", flush=True)
+    window: list[list[float]] = []
+    while step < args.max_steps and hours - hours_start < args.max_hours:
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(step, cfg["optim"])
+        x = to_tensor(sampler.batch(cfg["data"]["batch"]))
+        q = torch.randint(0, len(LAMBDAS), (x.shape[0],))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x, q)
+        losses = rate_distortion_loss(out, x, lambdas[q])
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["clip"])
+        opt.step()
+        with torch.no_grad():
+            d = cfg["optim"]["ema"]
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - d)
+        step += 1
+        hours = hours_start + (time.time() - t_start) / 3600
+        window.append([losses["loss"].item(), losses["bpp"].item(), losses["mse"].item()])
+        if step % 100 == 0:
+            loss, bpp, mse = np.mean(window, axis=0)
+            window.clear()
+            rec = {"step": step, "hours": round(hours, 3), "lr": opt.param_groups[0]["lr"],
+                   "loss": round(float(loss), 4), "bpp": round(float(bpp), 4),
+                   "psnr": round(10 * math.log10(1 / mse), 3)}
+            if step % cfg["run"]["eval_every"] == 0:
+                rec["eval_ema"] = evaluate(ema, eval_images)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print(json.dumps(rec), flush=True)
+        if time.time() - t_saved > cfg["run"]["save_every_s"]:
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(),
+                                        "opt": opt.state_dict(), "step": step, "hours": hours,
+                                        "config": cfg})
+            t_saved = time.time()
+    save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(),
+                                "opt": opt.state_dict(), "step": step, "hours": hours, "config": cfg})
+
+
+if __name__ == "__main__":
+    main()
