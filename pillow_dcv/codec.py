@@ -70,6 +70,15 @@ def read_info(fp: BinaryIO) -> Info:
     return Info(h["width"], h["height"], mode, quality, h["model_id"], c.icc_profile, c.exif, c.xmp, index)
 
 
+def describe(info: Info) -> dict:
+    """Header fields and the chunk table (type, offset, size) for tools such as ``dcv info``."""
+    header = dict(info.index.container.header)
+    header["model_hash"] = header["model_hash"].hex()
+    header["quality"] = info.quality
+    chunks = [(t.decode("latin-1"), offset, size) for t, offset, size in info.index.chunk_table]
+    return {"header": header, "chunks": chunks}
+
+
 def verify(fp: BinaryIO) -> None:
     """Check structure and every CRC without decoding."""
     try:

@@ -159,6 +159,7 @@ class Index:
 
     container: Container
     tile_offsets: list[tuple[int, int]]  # (offset of the chunk, total chunk size) per tile
+    chunk_table: list[tuple[bytes, int, int]] = field(default_factory=list)  # (type, offset, size), all chunks
 
 
 def scan(fp: BinaryIO) -> Index:
@@ -175,6 +176,7 @@ def scan(fp: BinaryIO) -> Index:
         raise ContainerError("not a DCV file (bad signature)")
     chunks: list[tuple[bytes, object]] = []
     tile_offsets: list[tuple[int, int]] = []
+    chunk_table: list[tuple[bytes, int, int]] = []
     while True:
         offset = fp.tell()
         head_bytes = fp.read(ChunkHead.sizeof())
@@ -184,6 +186,7 @@ def scan(fp: BinaryIO) -> Index:
         size = ChunkHead.sizeof() + head.length + 4
         if head.length > MAX_CHUNK_LENGTH or offset + size > end:
             raise ContainerError(f"truncated or damaged chunk {head.type!r} at offset {offset}")
+        chunk_table.append((head.type, offset, size))
         if head.type == TILE:
             tile_offsets.append((offset, size))
             fp.seek(offset + size)
@@ -195,7 +198,7 @@ def scan(fp: BinaryIO) -> Index:
                 raise ContainerError("data after the end chunk")
             break
     container = _assemble(chunks)
-    return Index(container, tile_offsets)
+    return Index(container, tile_offsets, chunk_table)
 
 
 def read_chunk(fp: BinaryIO, offset: int, size: int) -> tuple[bytes, object]:

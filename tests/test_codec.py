@@ -1,0 +1,176 @@
+"""The codec layer: exact entropy decoding, tiles, quality ladder."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from conftest import psnr
+
+from pillow_dcv import codec, entropy
+from pillow_dcv.models import get_model
+
+
+def encode(pixels: np.ndarray, quality: float = 4, **options) -> tuple[bytes, codec.Info]:
+    data = codec.encode(pixels, "RGB", quality, **options)
+    return data, codec.read_info(io.BytesIO(data))
+
+
+def reference_prior(prior, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The integer hyper-synthesis in plain int64 arithmetic: no floats, no BLAS."""
+    x = z.astype(np.int64)
+    for n, (kind, w, b, shift) in enumerate(prior.layers):
+        w, b = w.astype(np.int64), b.astype(np.int64)
+        k = w.shape[-1]
+        if kind == "deconv":
+            c, o = w.shape[:2]
+            h, wd = x.shape[1:]
+            full = np.zeros((o, 2 * h + k, 2 * wd + k), dtype=np.int64)
+            for i in range(k):
+                for j in range(k):
+                    full[:, i : i + 2 * h : 2, j : j + 2 * wd : 2] += np.einsum("co,chw->ohw", w[:, :, i, j], x)
+            acc = full[:, k // 2 : k // 2 + 2 * h, k // 2 : k // 2 + 2 * wd] + b[:, None, None]
+        else:
+            h, wd = x.shape[1:]
+            xp = np.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2)))
+            acc = b[:, None, None].repeat(h, 1).repeat(wd, 2)
+            for i in range(k):
+                for j in range(k):
+                    acc = acc + np.einsum("oc,chw->ohw", w[:, :, i, j], xp[:, i : i + h, j : j + wd])
+        if n < len(prior.layers) - 1:
+            scaled = (acc + (1 << (shift - 1))) >> shift if shift > 0 else acc << -shift
+            x = np.clip(scaled, 0, 2**16 - 1)
+    scale_acc, mu_acc = np.split(acc, 2)
+    return mu_acc, np.searchsorted(prior.scale_thresholds, scale_acc, side="right")
+
+
+def real_hyper_latent(pixels: np.ndarray, quality: float = 4) -> np.ndarray:
+    model = get_model()
+    x = codec.pad_to_multiple(pixels, 64).astype(np.float32).transpose(2, 0, 1)[None] / 255
+    _, z = model.analysis(np.ascontiguousarray(x), model.gains(quality)[0])
+    channel = np.broadcast_to(np.arange(z.shape[1])[:, None, None], z.shape[1:])
+    return model.z_tables.clamp(np.rint(z[0]).astype(np.int64), channel)
+
+
+def test_integer_prior_matches_pure_integer_arithmetic(photo) -> None:
+    prior = get_model().prior
+    rng = np.random.default_rng(0)
+    for z in (real_hyper_latent(np.asarray(photo)), rng.integers(-40, 40, (128, 3, 5))):
+        mu, index = prior(z)
+        mu_ref, index_ref = reference_prior(prior, z)
+        assert np.array_equal(mu * 2.0**prior.output_frac_bits, mu_ref.astype(np.float64))
+        assert np.array_equal(index, index_ref)
+
+
+def test_integer_prior_does_not_depend_on_summation_order(photo) -> None:
+    """Permuting input channels changes the order of every GEMM sum: results must not move."""
+    from pillow_dcv.prior import IntegerHyperSynthesis
+
+    prior = get_model().prior
+    z = real_hyper_latent(np.asarray(photo), 7)
+    perm = np.random.default_rng(1).permutation(z.shape[0])
+    permuted = IntegerHyperSynthesis.__new__(IntegerHyperSynthesis)
+    permuted.__dict__.update(prior.__dict__)
+    kind, w, b, shift = prior.layers[0]
+    permuted.layers = [(kind, w[perm], b, shift)] + prior.layers[1:]
+    mu, index = prior(z)
+    mu_p, index_p = permuted(z[perm])
+    assert np.array_equal(mu, mu_p) and np.array_equal(index, index_p)
+
+
+@pytest.mark.parametrize(
+    "session_args",
+    [{"optimization": "ORT_DISABLE_ALL", "threads": 1}, {"optimization": "ORT_ENABLE_BASIC", "threads": 2}],
+)
+def test_decoding_is_exact_under_other_float_paths(photo, session_args: dict) -> None:
+    pixels = np.asarray(photo)
+    data, info = encode(pixels, 5)
+    reference = codec.decode(io.BytesIO(data), info)
+    other = codec.decode(io.BytesIO(data), info, **session_args)  # symbols are CRC-checked inside
+    assert np.abs(other.astype(int) - reference.astype(int)).max() <= 1
+    assert np.mean(other != reference) < 1e-3
+
+
+def test_decoding_survives_noise_on_float_outputs(photo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Perturb the synthesis output slightly: symbols are unaffected, pixels move by at most 1."""
+    model = get_model()
+    data, info = encode(np.asarray(photo), 3)
+    reference = codec.decode(io.BytesIO(data), info)
+    original = model.synthesis
+    rng = np.random.default_rng(2)
+
+    def noisy(y_hat, inv_gain, **kw):
+        noisy_y = y_hat + rng.uniform(-1e-5, 1e-5, y_hat.shape).astype(np.float32)
+        out = original(noisy_y, inv_gain, **kw)
+        return out + rng.uniform(-1e-6, 1e-6, out.shape).astype(np.float32)
+
+    monkeypatch.setattr(model, "synthesis", noisy)
+    other = codec.decode(io.BytesIO(data), info)
+    assert np.abs(other.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_flipped_scale_index_is_reported_not_shown(photo, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = get_model()
+    data, info = encode(np.asarray(photo), 4)
+    original = model.prior
+
+    class OffByOne:
+        def __call__(self, z):
+            mu, index = original(z)
+            index = index.copy()
+            index.flat[index.size // 2] = min(index.flat[index.size // 2] + 1, 63)
+            return mu, index
+
+    monkeypatch.setattr(model, "prior", OffByOne())
+    with pytest.raises(OSError, match="checksum|damaged"):
+        codec.decode(io.BytesIO(data), info)
+
+
+def test_entropy_coder_roundtrip_and_clamping() -> None:
+    tables = get_model().y_tables
+    rng = np.random.default_rng(3)
+    index = rng.integers(0, len(tables.offsets), 5000)
+    symbols = tables.clamp(np.rint(rng.normal(0, 3, 5000)).astype(np.int64) * 50, index)
+    assert np.all(symbols >= tables.lows[index]) and np.all(symbols <= tables.highs[index])
+    data = entropy.encode(symbols, index, tables)
+    assert np.array_equal(entropy.decode(data, index, tables), symbols)
+    with pytest.raises(ValueError):
+        entropy.decode(data[:-3], index, tables)
+
+
+def test_quality_ladder_is_monotone(sample) -> None:
+    pixels = np.asarray(sample)[:256, :384]
+    rates, psnrs = [], []
+    for q in range(1, 9):
+        data, info = encode(pixels, q)
+        rates.append(len(data))
+        psnrs.append(psnr(codec.decode(io.BytesIO(data), info), pixels))
+    assert all(a < b for a, b in zip(rates, rates[1:])), rates
+    assert all(a < b for a, b in zip(psnrs, psnrs[1:])), psnrs
+
+
+def test_tiles_decode_independently_and_edges_do_not_show(sample) -> None:
+    pixels = np.asarray(sample)[:320, :448]
+    whole, info = encode(pixels, 6)
+    tiled, tiled_info = encode(pixels, 6, tile_size=128, overlap=16)
+    assert len(tiled_info.index.tile_offsets) == 3 * 4
+    a = codec.decode(io.BytesIO(whole), info)
+    b = codec.decode(io.BytesIO(tiled), tiled_info)
+    # error next to the tile boundaries compared with the error everywhere
+    seams = np.zeros(pixels.shape[:2], dtype=bool)
+    for edge in (128, 256):
+        seams[edge - 4 : edge + 4, :] = True
+    for edge in (128, 256, 384):
+        seams[:, edge - 4 : edge + 4] = True
+    assert psnr(b, pixels) > psnr(a, pixels) - 1.0
+    assert psnr(b[seams], pixels[seams]) > psnr(b[~seams], pixels[~seams]) - 1.0
+
+
+def test_gray_is_stored_as_gray(photo) -> None:
+    gray = np.asarray(photo.convert("L"))[:, :, None]
+    data = codec.encode(gray, "L", 5)
+    info = codec.read_info(io.BytesIO(data))
+    assert info.mode == "L"
+    out = codec.decode(io.BytesIO(data), info)
+    assert out.shape == gray.shape and psnr(out, gray) > 20

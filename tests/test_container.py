@@ -1,0 +1,154 @@
+"""The container layer alone: byte-exact build/parse round trips, ordering rules, limits."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pillow_dcv import container as C
+
+headers = st.fixed_dictionaries(
+    {
+        "version_major": st.just(C.VERSION_MAJOR),
+        "version_minor": st.integers(0, 255),
+        "width": st.integers(1, 65535),
+        "height": st.integers(1, 65535),
+        "colour": st.sampled_from(["rgb", "gray"]),
+        "alpha": st.booleans(),
+        "quality": st.integers(256, 2048),
+        "tile_size": st.integers(1, 1023).map(lambda t: t * 64),
+        "tile_overlap": st.integers(0, 255),
+        "model_id": st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=16),
+        "model_hash": st.binary(min_size=32, max_size=32),
+        "coder": st.just("ans32"),
+    }
+)
+tiles = st.lists(
+    st.fixed_dictionaries(
+        {
+            "index": st.integers(0, 2**32 - 1),
+            "symbols_crc": st.integers(0, 2**32 - 1),
+            "z_stream": st.binary(max_size=64),
+            "y_stream": st.binary(max_size=64),
+        }
+    ),
+    max_size=4,
+)
+ancillary_types = st.tuples(
+    st.sampled_from("abcdefghijklmnopqrstuvwxyz"),
+    st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=3, max_size=3),
+).map(lambda t: (t[0] + t[1]).encode()).filter(lambda t: t not in (C.ICC, C.EXIF, C.XMP))
+metadata = st.none() | st.binary(min_size=1, max_size=64)
+
+
+@st.composite
+def containers(draw) -> C.Container:
+    header = draw(headers)
+    alpha = {"method": "zlib-left", "data": draw(st.binary(max_size=32))} if header["alpha"] else None
+    return C.Container(
+        header=header,
+        tiles=draw(tiles),
+        alpha=alpha,
+        icc_profile=draw(metadata),
+        exif=draw(metadata),
+        xmp=draw(metadata),
+        unknown=draw(st.lists(st.tuples(ancillary_types, st.binary(max_size=16)), max_size=3)),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(containers())
+def test_build_parse_build_is_byte_identical(c: C.Container) -> None:
+    data = C.build(c)
+    parsed = C.parse(data)
+    assert parsed == c
+    assert C.build(parsed) == data
+    # the lazy scanner sees the same small chunks and finds every tile
+    index = C.scan(io.BytesIO(data))
+    assert index.container.header == c.header
+    assert index.container.exif == c.exif and index.container.unknown == c.unknown
+    assert len(index.tile_offsets) == len(c.tiles)
+    for (offset, size), tile in zip(index.tile_offsets, c.tiles):
+        assert C.read_chunk(io.BytesIO(data), offset, size) == (C.TILE, tile)
+
+
+def minimal() -> C.Container:
+    header = {
+        "version_major": 1, "version_minor": 0, "width": 3, "height": 2, "colour": "rgb", "alpha": False,
+        "quality": 1024, "tile_size": 768, "tile_overlap": 32, "model_id": "m", "model_hash": bytes(32),
+        "coder": "ans32",
+    }
+    return C.Container(header=header, tiles=[{"index": 0, "symbols_crc": 0, "z_stream": b"", "y_stream": b""}])
+
+
+def chunks_file(*chunks: tuple[bytes, object]) -> bytes:
+    return C.DCVFile.build({"chunks": [C.chunk(t, d) for t, d in chunks]})
+
+
+def test_unknown_critical_chunk_is_rejected() -> None:
+    c = minimal()
+    data = chunks_file((C.HEADER, c.header), (b"ZZZZ", b"x"), (C.TILE, c.tiles[0]), (C.END, None))
+    with pytest.raises(C.ContainerError, match="unknown critical chunk"):
+        C.parse(data)
+
+
+def test_unknown_ancillary_chunk_is_kept() -> None:
+    c = minimal()
+    data = chunks_file((C.HEADER, c.header), (b"zzzz", b"x"), (C.TILE, c.tiles[0]), (C.END, None))
+    assert C.parse(data).unknown == [(b"zzzz", b"x")]
+
+
+@pytest.mark.parametrize(
+    "order, message",
+    [
+        ("TH", "first chunk must be DHDR"),
+        ("HTe", "after the first TILE"),
+        ("HHT", "more than one DHDR"),
+        ("HeeT", "more than one"),
+    ],
+)
+def test_ordering_rules(order: str, message: str) -> None:
+    c = minimal()
+    table = {"H": (C.HEADER, c.header), "T": (C.TILE, c.tiles[0]), "e": (C.EXIF, b"ex")}
+    data = chunks_file(*[table[k] for k in order], (C.END, None))
+    with pytest.raises(C.ContainerError, match=message):
+        C.parse(data)
+
+
+def test_crc_mismatch_is_reported() -> None:
+    data = bytearray(C.build(minimal()))
+    data[20] ^= 1  # inside the DHDR data
+    with pytest.raises(C.ContainerError, match="damaged"):
+        C.parse(bytes(data))
+    with pytest.raises(C.ContainerError):
+        C.verify(io.BytesIO(bytes(data)))
+
+
+def test_data_after_end_is_rejected() -> None:
+    data = C.build(minimal()) + b"junk"
+    with pytest.raises(C.ContainerError):
+        C.parse(data)
+    with pytest.raises(C.ContainerError, match="after the end"):
+        C.scan(io.BytesIO(data))
+
+
+def test_huge_length_does_not_allocate() -> None:
+    data = bytearray(C.build(minimal()))
+    tile_at = data.index(C.TILE)
+    data[tile_at + 4 : tile_at + 8] = (2**32 - 1).to_bytes(4, "big")
+    with pytest.raises(C.ContainerError, match="truncated or damaged"):
+        C.scan(io.BytesIO(bytes(data)))
+
+
+def test_bad_tile_size_and_version() -> None:
+    c = minimal()
+    c.header["tile_size"] = 100
+    with pytest.raises(C.ContainerError, match="tile size"):
+        C.parse(C.build(c))
+    c = minimal()
+    c.header["version_major"] = 2
+    with pytest.raises(C.ContainerError, match="unsupported DCV version"):
+        C.parse(C.build(c))
