@@ -28,17 +28,23 @@ def deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose
 
 
 class GDN(nn.Module):
-    """Generalized divisive normalization (Ballé 2016), simplified parametrisation (beta, gamma >= 0)."""
+    """Generalized divisive normalization (Ballé 2016).
+
+    beta and gamma are stored as square roots (plus a small pedestal), as in CompressAI: the
+    off-diagonal gammas start near zero, where a plain abs() or clamp would have no gradient.
+    """
+
+    PEDESTAL = 2.0**-18
 
     def __init__(self, channels: int, inverse: bool = False) -> None:
         super().__init__()
         self.inverse = inverse
-        self.beta = nn.Parameter(torch.ones(channels))
-        self.gamma = nn.Parameter(0.1 * torch.eye(channels))
+        self.beta = nn.Parameter(torch.sqrt(torch.ones(channels) + self.PEDESTAL))
+        self.gamma = nn.Parameter(torch.sqrt(0.1 * torch.eye(channels) + self.PEDESTAL))
 
     def effective_params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        beta = self.beta.abs().clamp_min(1e-6)
-        gamma = self.gamma.abs()
+        beta = self.beta.clamp_min(math.sqrt(1e-6 + self.PEDESTAL)).pow(2) - self.PEDESTAL
+        gamma = self.gamma.clamp_min(math.sqrt(self.PEDESTAL)).pow(2) - self.PEDESTAL
         return beta, gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
