@@ -1,0 +1,97 @@
+"""Encode/decode speed and peak memory of DCV, on a Kodak image and on a 24-megapixel photo.
+
+    python benchmarks/speed.py [--image PATH] [--big-side 6000x4000] [--threads N]
+
+Each measurement runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
+own. The 24 MP image is a Lanczos upscale of a Kodak photo (no such photo ships with the data).
+Prints the command, machine and library versions first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KODAK = ROOT.parent / "shared" / "data" / "kodak" / "kodim01.png"
+
+CHILD = r"""
+import io, json, resource, sys, time
+import numpy as np
+from PIL import Image
+import pillow_dcv
+path, width, height, quality, threads, what = sys.argv[1:7]
+pillow_dcv.set_threads(int(threads))
+im = Image.open(path).convert("RGB")
+if int(width):
+    im = im.resize((int(width), int(height)), Image.Resampling.LANCZOS)
+mpx = im.width * im.height / 1e6
+pillow_dcv.models.get_model()  # model loading is not part of the per-image time
+if what == "decode":
+    buf = io.BytesIO(); im.save(buf, "DCV", quality=float(quality)); data = buf.getvalue()
+    del im
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter(); out = Image.open(io.BytesIO(data)); out.load(); dt = time.perf_counter() - t
+else:
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter(); buf = io.BytesIO(); im.save(buf, "DCV", quality=float(quality))
+    dt = time.perf_counter() - t
+    data = buf.getvalue()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"what": what, "mpx": mpx, "ms_per_mpx": dt * 1000 / mpx, "seconds": dt,
+                  "peak_rss_mb": peak / 1024, "bpp": len(data) * 8 / (mpx * 1e6)}))
+"""
+
+
+def measure(path: Path, size: tuple[int, int], quality: float, threads: int, what: str) -> dict:
+    args = [sys.executable, "-c", CHILD, str(path), str(size[0]), str(size[1]), str(quality), str(threads), what]
+    out = subprocess.run(args, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.platform()}, {cpu}, {os.cpu_count()} cores"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--image", type=Path, default=KODAK)
+    ap.add_argument("--big-side", default="6000x4000", help="size of the large test image (WxH)")
+    ap.add_argument("--quality", type=float, default=4)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    import numpy
+    import onnxruntime
+    import PIL
+
+    import pillow_dcv
+
+    print("$ python " + " ".join(sys.argv))
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}; {machine()}")
+    print(f"pillow-dcv {pillow_dcv.__version__}, Pillow {PIL.__version__}, numpy {numpy.__version__}, "
+          f"onnxruntime {onnxruntime.__version__}; threads {args.threads or os.cpu_count()}; quality {args.quality}")
+    big = tuple(int(v) for v in args.big_side.split("x"))
+    print(f"{'image':28} {'op':7} {'Mpx':>6} {'ms/Mpx':>8} {'s':>7} {'peak RSS MB':>12} {'bpp':>6}")
+    for label, size in ((args.image.name, (0, 0)), (f"{args.image.name} upscaled {args.big_side}", big)):
+        for what in ("encode", "decode"):
+            r = measure(args.image, size, args.quality, args.threads, what)
+            print(f"{label:28} {what:7} {r['mpx']:>6.2f} {r['ms_per_mpx']:>8.0f} {r['seconds']:>7.2f} "
+                  f"{r['peak_rss_mb']:>12.0f} {r['bpp']:>6.3f}")
+
+
+if __name__ == "__main__":
+    main()
