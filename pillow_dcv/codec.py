@@ -181,7 +181,7 @@ def decode_alpha(chunk: dict, height: int, width: int) -> np.ndarray:
         raw = d.decompress(chunk["data"], expected)
     except zlib.error as e:
         raise CorruptFileError(f"damaged alpha chunk: {e}") from None
-    if len(raw) != expected or d.unconsumed_tail:
+    if len(raw) != expected or d.unconsumed_tail or not d.eof or d.unused_data:
         raise CorruptFileError("alpha chunk has the wrong size")
     diff = np.frombuffer(raw, dtype=np.uint8).reshape(height, width)
     return np.cumsum(diff, axis=1, dtype=np.uint8)

@@ -19,7 +19,6 @@ from construct import (
     Checksum,
     Const,
     ConstructError,
-    Flag,
     GreedyBytes,
     Int8ub,
     Int16ub,
@@ -59,7 +58,7 @@ Header = Struct(
     "height" / Int16ub,
     Check((this.width >= 1) & (this.height >= 1)),
     "colour" / Mapping(Int8ub, {"rgb": 0, "gray": 1}),
-    "alpha" / Flag,
+    "alpha" / Mapping(Int8ub, {False: 0, True: 1}),
     "quality" / Int16ub,  # quality x 256 (8.8 fixed point): 256 .. 2048
     "tile_size" / Int16ub,  # pixels, a multiple of 64
     "tile_overlap" / Int8ub,  # pixels added on each interior side of a tile
@@ -187,6 +186,8 @@ def scan(fp: BinaryIO) -> Index:
         if head.length > MAX_CHUNK_LENGTH or offset + size > end:
             raise ContainerError(f"truncated or damaged chunk {head.type!r} at offset {offset}")
         chunk_table.append((head.type, offset, size))
+        if head.type != TILE and head.length > MAX_METADATA_LENGTH:
+            raise ContainerError(f"chunk {head.type!r} at offset {offset} is too large")
         if head.type == TILE:
             tile_offsets.append((offset, size))
             fp.seek(offset + size)

@@ -68,6 +68,31 @@ def export_onnx(module: nn.Module, inputs: tuple, names: list[str], outputs: lis
                       dynamic_axes=dynamic, opset_version=17, dynamo=False)
 
 
+def store_weights_fp16(path: Path) -> None:
+    """Halve the file: keep large float initializers as fp16 behind a Cast to float.
+
+    onnxruntime folds the casts when it loads the model, so inference still runs in fp32; the
+    export check below measures the (tiny) effect of the rounding.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or np.prod(init.dims) < 1024:
+            continue
+        array = numpy_helper.to_array(init).astype(np.float16)
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(array, name + "_fp16"))
+        casts.append(helper.make_node("Cast", [name + "_fp16"], [name], to=TensorProto.FLOAT))
+    for node in reversed(casts):
+        graph.node.insert(0, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor]) -> dict[str, np.ndarray]:
     """Integer weights (int16 range), power-of-two fixed point, activation ranges from calibration."""
     layers = [m for m in model.h_s if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
@@ -180,6 +205,8 @@ def main() -> None:
     export_onnx(Analysis(model), (x, gain), ["x", "gain"], ["y", "z"], out / "analysis.onnx")
     export_onnx(Synthesis(model), (torch.rand(1, m, 8, 12), gain), ["y_hat", "inv_gain"], ["x_hat"],
                 out / "synthesis.onnx")
+    for name in ("analysis.onnx", "synthesis.onnx"):
+        store_weights_fp16(out / name)
 
     calib_paths = sorted(Path(args.calibration).glob("*"))[:4]
     calib_z = []
@@ -221,7 +248,7 @@ def check(model: DCVModel, out: Path, paths: list[Path], calib_z: list[torch.Ten
         (xh,) = syn.run(None, {"y_hat": torch.round(y_ref).numpy(), "inv_gain": ig.detach().numpy()})
         err = (np.abs(y - y_ref.numpy()).max(), np.abs(z - z_ref.numpy()).max(), np.abs(xh - x_ref.numpy()).max())
         print(f"onnx vs torch max abs error on {p.name}: y {err[0]:.2e} z {err[1]:.2e} x_hat {err[2]:.2e}")
-        assert max(err) < 1e-3, err
+        assert max(err[0], err[1]) < 0.05 and err[2] < 0.01, err  # fp16-stored weights
     prior = IntegerHyperSynthesis(dict(np.load(out / "prior.npz")))
     for z in calib_z[:4]:
         with torch.no_grad():
