@@ -60,7 +60,7 @@ def read_info(fp: BinaryIO) -> Info:
     quality = h["quality"] / 256
     if not MIN_QUALITY <= quality <= MAX_QUALITY:
         raise CorruptFileError(f"invalid quality {quality} in header")
-    if not 0 < h["tile_overlap"] * 2 < h["tile_size"] and h["tile_overlap"] != 0:
+    if h["tile_overlap"] * 2 >= h["tile_size"]:
         raise CorruptFileError("invalid tile overlap in header")
     expected = len(tile_grid(h["width"], h["height"], h["tile_size"]))
     if len(index.tile_offsets) != expected:
@@ -255,7 +255,12 @@ def encode(
 
 
 def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
-    """Decode the pixels of a file opened with :func:`read_info` -> (H, W, C) uint8."""
+    """Decode the pixels of a file opened with :func:`read_info` -> (H, W, C) uint8.
+
+    Tiles are decoded one row of tiles at a time into a float band; rows that no later tile
+    touches are rounded into the output at once, so memory beyond the output stays bounded by
+    one band whatever the image size.
+    """
     header = info.index.container.header
     try:
         model = get_model(header["model_id"])
@@ -267,26 +272,40 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
     tile_size, overlap = header["tile_size"], header["tile_overlap"]
     _, inv_gain = model.gains(info.quality)
     grid = tile_grid(width, height, tile_size)
-    out = np.zeros((height, width, 3), dtype=np.float32) if len(grid) > 1 else None
-    for i, (core, (offset, size)) in enumerate(zip(grid, info.index.tile_offsets)):
-        try:
-            chunk_type, tile = container.read_chunk(fp, offset, size)
-        except container.ContainerError as e:
-            raise CorruptFileError(str(e)) from None
-        if tile["index"] != i:
-            raise CorruptFileError(f"tile {i} is out of order")
-        y0, y1, x0, x1 = extend(core, overlap, width, height)
-        region = decode_tile(model, tile, y1 - y0, x1 - x0, inv_gain, **session_args)
-        if out is None:
-            out = region
-            break
-        wy = ramp(y0, y1, core[0], core[1], height, overlap)
-        wx = ramp(x0, x1, core[2], core[3], width, overlap)
-        out[y0:y1, x0:x1] += region * (wy[:, None, None] * wx[None, :, None])
-    pixels = np.rint(out).astype(np.uint8)
-    if info.mode.startswith("L"):
-        pixels = np.rint(out.mean(axis=2, keepdims=True)).astype(np.uint8)
+    tiles = iter(zip(range(len(grid)), grid, info.index.tile_offsets))
+    out = np.empty((height, width, len(info.mode)), dtype=np.uint8)
+    colour_channels = 1 if info.mode.startswith("L") else 3
+    carry = None  # partial sums of rows shared with the next row of tiles
+    for row_start in range(0, height, tile_size):
+        row_end = min(row_start + tile_size, height)
+        band_y0, band_y1 = max(0, row_start - overlap), min(height, row_end + overlap)
+        band = np.zeros((band_y1 - band_y0, width, 3), dtype=np.float32)
+        if carry is not None:
+            band[: len(carry)] += carry
+        for _ in range(0, width, tile_size):
+            i, core, (offset, size) = next(tiles)
+            region, (y0, y1, x0, x1) = _read_and_decode_tile(fp, model, i, core, offset, size, info, inv_gain,
+                                                            session_args)
+            wy = ramp(y0, y1, core[0], core[1], height, overlap)
+            wx = ramp(x0, x1, core[2], core[3], width, overlap)
+            band[y0 - band_y0 : y1 - band_y0, x0:x1] += region * (wy[:, None, None] * wx[None, :, None])
+        done = band_y1 if row_end == height else row_end - overlap  # rows no later tile touches
+        finished = band[: done - band_y0]
+        if colour_channels == 1:
+            finished = finished.mean(axis=2, keepdims=True)
+        out[band_y0:done, :, :colour_channels] = np.rint(finished)
+        carry = band[done - band_y0 :]
     if info.mode.endswith("A"):
-        alpha = decode_alpha(info.index.container.alpha, height, width)
-        pixels = np.concatenate([pixels, alpha[:, :, None]], axis=2)
-    return pixels
+        out[:, :, -1] = decode_alpha(info.index.container.alpha, height, width)
+    return out
+
+
+def _read_and_decode_tile(fp, model, i, core, offset, size, info, inv_gain, session_args):
+    try:
+        _, tile = container.read_chunk(fp, offset, size)
+    except container.ContainerError as e:
+        raise CorruptFileError(str(e)) from None
+    if tile["index"] != i:
+        raise CorruptFileError(f"tile {i} is out of order")
+    y0, y1, x0, x1 = extend(core, info.index.container.header["tile_overlap"], info.width, info.height)
+    return decode_tile(model, tile, y1 - y0, x1 - x0, inv_gain, **session_args), (y0, y1, x0, x1)
