@@ -27,14 +27,16 @@ import sys
 import textwrap
 import time
 import tracemalloc
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, features
+from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing the package
@@ -77,20 +79,28 @@ def _j2k_kwargs(bpp: float) -> dict[str, Any]:
     return {"quality_mode": "rates", "quality_layers": [24.0 / bpp], "irreversible": True, "mct": 1}
 
 
+_jxl_threads = -1  # -1: libjxl's default (one per core); set by set_threads
+
+
+def _jxl_kwargs(quality: float) -> dict[str, Any]:
+    return {"quality": int(quality), "num_threads": _jxl_threads}
+
+
 # Library defaults for effort/speed (WebP method 4, AVIF speed 6 with aom, JPEG XL effort 7, libjpeg 4:2:0).
 # The ranges cover roughly 0.1 to 2 bpp on Kodak (JPEG cannot go much below 0.2 bpp).
 CODECS: dict[str, Codec] = {
     "DCV": Codec("DCV", [1, 2, 3, 4, 5, 6, 7, 8], lambda q: {"quality": q}, "quality"),
     "JPEG": Codec("JPEG", [3, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90], lambda q: {"quality": int(q)}, "quality"),
-    "WebP": Codec("WEBP", [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95], lambda q: {"quality": int(q)}, "quality"),
-    "AVIF": Codec("AVIF", [5, 15, 25, 35, 45, 55, 65, 75, 85, 92], lambda q: {"quality": int(q)}, "quality"),
+    "WebP": Codec("WEBP", [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90], lambda q: {"quality": int(q)}, "quality"),
+    "AVIF": Codec("AVIF", [5, 15, 25, 35, 45, 55, 65, 75, 85], lambda q: {"quality": int(q)}, "quality"),
     "JPEG2000": Codec("JPEG2000", [0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0], _j2k_kwargs, "target bpp"),
-    "JXL": Codec("JXL", [5, 15, 25, 35, 45, 55, 65, 75, 85, 92], lambda q: {"quality": int(q)}, "quality"),
+    "JXL": Codec("JXL", [0, 5, 10, 20, 30, 45, 60, 70, 80, 88], _jxl_kwargs, "quality"),
 }
 
 
 def set_threads(threads: int) -> None:
     """Threads for the codecs that can use several (0: each library's default). Metrics are not timed."""
+    global _jxl_threads
     pillow_dcv.set_threads(threads)
     from PIL import AvifImagePlugin
 
@@ -98,11 +108,8 @@ def set_threads(threads: int) -> None:
     if HAVE_JXL:
         from pillow_jxl import JpegXLImagePlugin
 
-        JpegXLImagePlugin.DECODE_THREADS = threads if threads > 0 else -1
-        jxl = CODECS["JXL"]
-        CODECS["JXL"] = jxl._replace(
-            save_kwargs=lambda q: {"quality": int(q), "num_threads": threads if threads > 0 else -1}
-        )
+        _jxl_threads = threads if threads > 0 else -1
+        JpegXLImagePlugin.DECODE_THREADS = _jxl_threads
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -190,12 +197,12 @@ class MsSsim:
         return min(shape[:2]) > (11 - 1) * 2**4  # pytorch_msssim's bound for 5 scales and an 11-tap window
 
     def tensor(self, a: np.ndarray) -> Any:
-        return self.torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float()
+        return self.torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1)[None]
 
     def set_reference(self, a: np.ndarray) -> None:
         self.reference = self.tensor(a) if self.fits(a.shape) else None
         if self.reference is None and not self.warned:
-            print(f"note: images smaller than 161 px on a side get no MS-SSIM (got {a.shape[1]}x{a.shape[0]})")
+            tqdm.write(f"note: images smaller than 161 px on a side get no MS-SSIM (got {a.shape[1]}x{a.shape[0]})")
             self.warned = True
 
     def __call__(self, b: np.ndarray) -> float:
@@ -220,42 +227,62 @@ try:
 except ImportError:
     pass
 pillow_dcv.set_threads(int(sys.argv[3]))
-data = open(sys.argv[2], "rb").read()
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
+def decode(path):
+    with Image.open(io.BytesIO(open(path, "rb").read())) as im:
+        im.load()
+        return np.asarray(im.convert("RGB"))
+if len(sys.argv) > 4:
+    decode(sys.argv[4])  # warm: first use (model loading, sessions, arenas) on a small image
 try:
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak RSS to the current RSS
 except OSError:
     pass
 before = status("VmRSS:")
-with Image.open(io.BytesIO(data)) as im:
-    im.load()
-    a = np.asarray(im.convert("RGB"))
+decode(sys.argv[2])
 print(json.dumps({"peak_mib": (status("VmHWM:") - before) / 2**20}))
 """
 
 
-def cold_decode_peak_mib(data: bytes, tmp: Path, threads: int) -> float:
-    """Peak RSS growth of a fresh process while it decodes ``data`` once (DCV: model loading included)."""
+@dataclass
+class Memory:
+    codec: str
+    param: str
+    setting: float
+    image: str
+    bpp: float
+    cold_decode_peak_mib: float
+    warm_decode_peak_mib: float
+
+
+def decode_peak_mib(data: bytes, tmp: Path, threads: int, warm_data: bytes | None = None) -> float:
+    """Peak RSS growth of a fresh process while it decodes ``data`` once.
+
+    Cold (no ``warm_data``): first use included (DCV loads its model and creates its onnxruntime sessions).
+    Warm: the process first decodes ``warm_data`` (the same codec on a small image), so library and model
+    initialisation are left out; what remains is what decoding this image costs on top of a process that
+    has decoded before (allocator arenas already grown by the small image are not counted twice).
+    """
     if not Path("/proc/self/status").exists():
         return math.nan
-    tmp.write_bytes(data)
+    files = [tmp.with_suffix(".main"), tmp.with_suffix(".warm")]
+    files[0].write_bytes(data)
+    cmd = [sys.executable, "-c", _PROBE, str(REPO_ROOT), str(files[0]), str(threads)]
+    if warm_data is not None:
+        files[1].write_bytes(warm_data)
+        cmd.append(str(files[1]))
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", _PROBE, str(REPO_ROOT), str(tmp), str(threads)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
-        ).stdout
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout
         return float(json.loads(out.strip().splitlines()[-1])["peak_mib"])
     except (subprocess.SubprocessError, ValueError, KeyError, IndexError) as e:
         print(f"warning: memory probe failed: {e}")
         return math.nan
     finally:
-        tmp.unlink(missing_ok=True)
+        for f in files:
+            f.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -264,11 +291,33 @@ def cold_decode_peak_mib(data: bytes, tmp: Path, threads: int) -> float:
 
 
 def _curve(rates: Sequence[float], metric: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(log rate, metric) of the finite points, sorted by rate."""
     r, m = np.asarray(rates, np.float64), np.asarray(metric, np.float64)
     keep = np.isfinite(r) & np.isfinite(m) & (r > 0)
     r, m = r[keep], m[keep]
     order = np.argsort(r)
     return np.log(r[order]), m[order]
+
+
+def _bd(xa: np.ndarray, ya: np.ndarray, xt: np.ndarray, yt: np.ndarray) -> float:
+    """Mean of (cubic fit of yt over xt) - (cubic fit of ya over xa) over the interval where the x ranges overlap.
+
+    NaN when a curve has fewer than four distinct x values, the ranges do not overlap or a fit is degenerate.
+    """
+    if len(np.unique(xa)) < BD_MIN_POINTS or len(np.unique(xt)) < BD_MIN_POINTS:
+        return math.nan
+    lo, hi = max(xa.min(), xt.min()), min(xa.max(), xt.max())
+    if not hi > lo:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", np.exceptions.RankWarning)
+        try:
+            ia, it = np.polyint(np.polyfit(xa, ya, 3)), np.polyint(np.polyfit(xt, yt, 3))
+        except (np.exceptions.RankWarning, np.linalg.LinAlgError):
+            return math.nan
+    area_a = np.polyval(ia, hi) - np.polyval(ia, lo)
+    area_t = np.polyval(it, hi) - np.polyval(it, lo)
+    return float((area_t - area_a) / (hi - lo))
 
 
 def bd_rate(
@@ -281,15 +330,7 @@ def bd_rate(
     """
     la, ma = _curve(rates_a, metric_a)
     lt, mt = _curve(rates_t, metric_t)
-    if len(la) < BD_MIN_POINTS or len(lt) < BD_MIN_POINTS:
-        return math.nan
-    lo, hi = max(ma.min(), mt.min()), min(ma.max(), mt.max())
-    if not hi > lo:
-        return math.nan
-    pa, pt = np.polyfit(ma, la, 3), np.polyfit(mt, lt, 3)
-    ia, it = np.polyint(pa), np.polyint(pt)
-    mean_diff = ((np.polyval(it, hi) - np.polyval(it, lo)) - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo)
-    return float((math.exp(mean_diff) - 1) * 100)
+    return (math.exp(_bd(ma, la, mt, lt)) - 1) * 100
 
 
 def bd_metric(
@@ -298,13 +339,7 @@ def bd_metric(
     """Bjøntegaard delta of the metric (e.g. BD-PSNR in dB) at equal rate, over the overlapping log-rate range."""
     la, ma = _curve(rates_a, metric_a)
     lt, mt = _curve(rates_t, metric_t)
-    if len(la) < BD_MIN_POINTS or len(lt) < BD_MIN_POINTS:
-        return math.nan
-    lo, hi = max(la.min(), lt.min()), min(la.max(), lt.max())
-    if not hi > lo:
-        return math.nan
-    ia, it = np.polyint(np.polyfit(la, ma, 3)), np.polyint(np.polyfit(lt, mt, 3))
-    return float(((np.polyval(it, hi) - np.polyval(it, lo)) - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo))
+    return _bd(la, ma, lt, mt)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -355,11 +390,8 @@ def average(points: list[Point], n_images: int) -> list[Average]:
         if len(ps) != n_images:
             print(f"note: {codec} {setting} has {len(ps)}/{n_images} images, left out of the averages")
             continue
-        mean = {
-            f.name: float(np.mean([getattr(p, f.name) for p in ps]))
-            for f in fields(Point)
-            if f.type in ("float", float) and f.name not in ("setting", "msssim_db")
-        }
+        names = ("bpp", "psnr", "msssim", "encode_ms_per_mpx", "decode_ms_per_mpx", "decode_py_peak_mib")
+        mean = {k: float(np.mean([getattr(p, k) for p in ps])) for k in names}
         ms = mean["msssim"]
         out.append(
             Average(
@@ -469,14 +501,16 @@ def plot_rd(avgs: list[Average], attr: str, ylabel: str, title: str, path: Path)
     plt.close(fig)
 
 
-def plot_speed(avgs: list[Average], cold_mem: dict[str, float], path: Path, threads: int) -> None:
+def plot_speed(avgs: list[Average], memory: list[Memory], path: Path, threads: int) -> None:
     import matplotlib.pyplot as plt
 
     cs = curves(avgs)
     names = list(cs)
     enc = [float(np.mean([a.encode_ms_per_mpx for a in cs[n]])) for n in names]
     dec = [float(np.mean([a.decode_ms_per_mpx for a in cs[n]])) for n in names]
-    mem = [cold_mem.get(n, math.nan) for n in names]
+    by_codec = {m.codec: m for m in memory}
+    cold = [by_codec[n].cold_decode_peak_mib if n in by_codec else math.nan for n in names]
+    warm = [by_codec[n].warm_decode_peak_mib if n in by_codec else math.nan for n in names]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [2, 1]})
     x = np.arange(len(names))
     w = 0.38
@@ -489,11 +523,13 @@ def plot_speed(avgs: list[Average], cold_mem: dict[str, float], path: Path, thre
     ax.set_title(f"Speed, mean over settings and images (threads: {threads or 'library default'})")
     ax.legend()
     ax.grid(True, axis="y", alpha=0.3)
-    bars = bx.bar(x, mem, 0.6, color="tab:green")
-    bx.bar_label(bars, labels=["n/a" if math.isnan(v) else f"{v:.0f}" for v in mem], fontsize=8)
+    for offset, values, label in ((-w / 2, cold, "cold (first use)"), (w / 2, warm, "warm")):
+        bars = bx.bar(x + offset, values, w, label=label)
+        bx.bar_label(bars, labels=["n/a" if math.isnan(v) else f"{v:.0f}" for v in values], fontsize=8)
     bx.set_xticks(x, names, rotation=30)
     bx.set_ylabel("MiB")
-    bx.set_title("Peak RSS growth, cold decode of one image")
+    bx.set_title("Decode peak RSS growth, one image")
+    bx.legend(fontsize=8)
     bx.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -516,6 +552,17 @@ def busiest_window(a: np.ndarray, size: int, stride: int = 16) -> tuple[int, int
             if e > best:
                 best, pos = e, (x, y)
     return pos
+
+
+@dataclass
+class CropResult:
+    """What is kept of each coded version of the crop image."""
+
+    image: str
+    data: bytes
+    crop: np.ndarray
+    bpp: float
+    psnr: float
 
 
 @dataclass
@@ -653,6 +700,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def nearest_settings(crop_data: dict[tuple[str, float], CropResult], target_bpp: float) -> dict[str, float]:
+    """Per codec, the setting whose bpp on the crop image is closest to target_bpp."""
+    chosen: dict[str, tuple[float, float]] = {}
+    for (name, setting), r in crop_data.items():
+        d = abs(r.bpp - target_bpp)
+        if name not in chosen or d < chosen[name][0]:
+            chosen[name] = (d, setting)
+    return {n: s for n, (_, s) in chosen.items()}
+
+
+def measure_memory(
+    codecs: dict[str, Codec],
+    crop_data: dict[tuple[str, float], CropResult],
+    image: Image.Image,
+    args: argparse.Namespace,
+) -> list[Memory]:
+    """Cold and warm decode peak memory per codec, each in a fresh process, on the crop image's file at the
+    setting nearest the crop target (memory hardly depends on the setting)."""
+    small = image.crop((0, 0, min(image.width, 64), min(image.height, 64)))
+    out = []
+    for name, setting in tqdm(nearest_settings(crop_data, args.crop_bpp).items(), desc="decode memory", unit="codec"):
+        r = crop_data[(name, setting)]
+        warm_data = encode_decode(codecs[name], setting, small).data
+        tmp = args.out / ".probe"
+        cold = decode_peak_mib(r.data, tmp, args.threads)
+        warm = decode_peak_mib(r.data, tmp, args.threads, warm_data)
+        out.append(Memory(name, codecs[name].param, setting, r.image, r.bpp, cold, warm))
+    return out
+
+
 def warm_up(codecs: dict[str, Codec], image: Image.Image) -> None:
     """Load models and libraries before timing (DCV creates its onnxruntime sessions on first use)."""
     small = image.crop((0, 0, min(image.width, 128), min(image.height, 128)))
@@ -662,7 +739,6 @@ def warm_up(codecs: dict[str, Codec], image: Image.Image) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from tqdm import tqdm
 
     env = environment(args.threads)
     print("\n".join(env))
@@ -683,8 +759,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     metric = MsSsim()
     points: list[Point] = []
-    crop_data: dict[tuple[str, float], tuple[bytes, np.ndarray, float, float]] = {}
-    crop_pos, crop_ref = (0, 0), np.empty(0, np.uint8)
+    crop_data: dict[tuple[str, float], CropResult] = {}
+    crop_pos, crop_ref, crop_image = (0, 0), np.empty(0, np.uint8), Image.new("RGB", (1, 1))
     seconds: dict[str, float] = defaultdict(float)
     total = len(paths) * sum(len(c.settings) for c in codecs.values())
     with tqdm(total=total, unit="pt", dynamic_ncols=True) as bar:
@@ -698,6 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metric.set_reference(ref)
             mpx = image.width * image.height / 1e6
             if path.name == crop_name:
+                crop_image = image
                 crop_pos = busiest_window(ref, args.crop_size)
                 x, y = crop_pos
                 crop_ref = ref[y : y + args.crop_size, x : x + args.crop_size]
@@ -734,12 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     if path.name == crop_name:
                         x, y = crop_pos
-                        crop_data[(name, setting)] = (
-                            coded.data,
-                            coded.decoded[y : y + args.crop_size, x : x + args.crop_size].copy(),
-                            bpp,
-                            p,
-                        )
+                        pixels = coded.decoded[y : y + args.crop_size, x : x + args.crop_size].copy()
+                        crop_data[(name, setting)] = CropResult(path.name, coded.data, pixels, bpp, p)
                     seconds[name] += time.perf_counter() - t0
                     bar.update()
             _malloc_trim()
@@ -751,25 +824,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     avgs = average(points, len(paths))
     write_csv(args.out / "average.csv", avgs)
 
-    # Cold decode memory: one probe per codec, at the setting nearest the crop target on the crop image.
-    chosen: dict[str, float] = {}
-    for name in codecs:
-        options = [(abs(v[2] - args.crop_bpp), s) for (n, s), v in crop_data.items() if n == name]
-        if options:
-            chosen[name] = min(options)[1]
-    cold_mem = {
-        n: cold_decode_peak_mib(crop_data[(n, s)][0], args.out / ".probe.bin", args.threads) for n, s in chosen.items()
-    }
+    memory = measure_memory(codecs, crop_data, crop_image, args)
+    write_csv(args.out / "memory.csv", memory)
 
     table = bd_table(avgs)
     per_image_s = {n: s / len(paths) for n, s in seconds.items()}
     timing = "; ".join(f"{n}: {s:.1f} s" for n, s in per_image_s.items())
-    memory = "; ".join(f"{n}: {v:.0f} MiB" for n, v in cold_mem.items() if not math.isnan(v))
+    mem_text = "; ".join(f"{m.codec}: {m.cold_decode_peak_mib:.0f} / {m.warm_decode_peak_mib:.0f} MiB" for m in memory)
     report = "\n".join(
         [
             "# Rate-distortion benchmark",
             "",
-            f"{len(paths)} images from `{args.images}`; averages over images (mean bpp, mean PSNR in dB, mean MS-SSIM).",
+            f"{len(paths)} images from `{args.images}`; means over images of bpp, PSNR (dB) and MS-SSIM.",
             "",
             "```",
             *env,
@@ -778,8 +844,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             table,
             f"Wall time per image, all settings, metrics included: {timing}.",
             "",
-            f"Peak RSS growth while a fresh process decodes one {crop_name} file (setting nearest "
-            f"{args.crop_bpp} bpp): {memory or 'n/a'}.",
+            f"Decode peak RSS growth, cold / warm, of a fresh process decoding {crop_name} (setting nearest "
+            f"{args.crop_bpp} bpp): {mem_text or 'n/a'}.",
             "",
         ]
     )
@@ -788,26 +854,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table)
     print(f"wall time per image (all settings, metrics included): {timing}")
-    print(f"cold decode peak RSS growth: {memory or 'n/a'}")
+    print(f"decode peak RSS growth, cold / warm: {mem_text or 'n/a'}")
 
-    plot_rd(avgs, "psnr", "RGB PSNR (dB)", f"PSNR vs rate, mean over {len(paths)} images", args.out / "rd_psnr.png")
+    plot_rd(avgs, "psnr", "RGB PSNR (dB)", f"PSNR vs rate, mean over {len(paths)} image(s)", args.out / "rd_psnr.png")
     plot_rd(
         avgs,
         "msssim_db",
         "MS-SSIM (dB) = −10·log10(1−MS-SSIM)",
-        f"MS-SSIM vs rate, mean over {len(paths)} images",
+        f"MS-SSIM vs rate, mean over {len(paths)} image(s)",
         args.out / "rd_msssim.png",
     )
-    plot_speed(avgs, cold_mem, args.out / "speed.png", args.threads)
+    plot_speed(avgs, memory, args.out / "speed.png", args.threads)
 
     x, y = crop_pos
     panels = [CropPanel("original", crop_ref)]
+    chosen = nearest_settings(crop_data, args.crop_bpp)
     for name in CROP_CODECS:
         if name in chosen:
-            s = chosen[name]
-            _, pixels, bpp, p = crop_data[(name, s)]
-            label = f"{codecs[name].param} {s:g}"
-            panels.append(CropPanel(f"{name} ({label})\n{bpp:.3f} bpp, {p:.2f} dB", pixels))
+            s, r = chosen[name], crop_data[(name, chosen[name])]
+            title = f"{name} ({codecs[name].param} {s:g})\n{r.bpp:.3f} bpp, {r.psnr:.2f} dB"
+            panels.append(CropPanel(title, r.crop))
     note = (
         f"{crop_name}, {args.crop_size}x{args.crop_size} crop at x={x}, y={y}; each codec at its setting "
         f"nearest {args.crop_bpp} bpp (bpp and PSNR of the whole image)"
