@@ -3,8 +3,9 @@
     python training/export.py --checkpoint ~/.cache/pillow-dcv/ckpt.pt --model-id dcv-ms1-a
 
 Writes analysis.onnx (g_a + gains + h_a), synthesis.onnx (gains + g_s, transposed convolutions),
-prior.npz (integer hyper-synthesis, integer entropy tables, gain vectors) and weights.pt (the fp16
-state dict, from which training can resume on a fresh machine). Then checks ONNX against PyTorch
+prior.npz (integer hyper-synthesis, integer entropy tables, gain vectors), and
+training/weights/<model_id>.pt (the fp16 state dict, from which training can start on a fresh machine:
+``train.py --init``). Then checks ONNX against PyTorch
 on real images and the integer prior against the float one.
 """
 
@@ -185,18 +186,20 @@ def main() -> None:
 
     if args.weights:
         state = torch.load(args.weights, map_location="cpu")
-        cfg, sd, step = state["config"], state["state_dict"], state.get("step", 0)
+        cfg, sd, step, hours = state["config"], state["state_dict"], state.get("step", 0), state.get("hours", 0.0)
     else:
         ckpt = torch.load(args.checkpoint, map_location="cpu")
-        cfg, step = ckpt["config"], ckpt["step"]
+        cfg, step, hours = ckpt["config"], ckpt["step"], ckpt["hours"]
         sd = ckpt["model" if args.raw else "ema"]
     model = DCVModel(**cfg["model"])
     model.load_state_dict({k: v.float() for k, v in sd.items()})
     model.eval()
     out = Path(args.out) / args.model_id
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": cfg, "step": step, "state_dict": {k: v.half() for k, v in model.state_dict().items()}},
-               out / "weights.pt")
+    weights = ROOT / "training" / "weights" / f"{args.model_id}.pt"
+    weights.parent.mkdir(exist_ok=True)
+    half = {k: v.half() for k, v in model.state_dict().items()}
+    torch.save({"config": cfg, "step": step, "hours": hours, "state_dict": half}, weights)
 
     bake_gdn(model)
     m = cfg["model"]["m"]
@@ -222,7 +225,7 @@ def main() -> None:
     params["gain"] = model.gain.detach().numpy().astype(np.float32)
     params["inv_gain"] = model.inv_gain.detach().numpy().astype(np.float32)
     np.savez_compressed(out / "prior.npz", **params)
-    meta = {"model_id": args.model_id, "step": step, "config": cfg["model"]}
+    meta = {"model_id": args.model_id, "step": step, "hours": round(hours, 2), "config": cfg["model"]}
     (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
     check(model, out, calib_paths[:2], calib_z)
     print(f"exported {args.model_id} (step {step}) to {out}")

@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--config", default=str(Path(__file__).with_name("config.toml")))
     ap.add_argument("--max-hours", type=float, default=1e9)
     ap.add_argument("--max-steps", type=int, default=10**9)
-    ap.add_argument("--init", help="start from exported weights (state_dict) when no checkpoint exists")
+    ap.add_argument("--init", help="start from exported weights (training/weights/<id>.pt) when no checkpoint exists")
     args = ap.parse_args()
     cfg = tomllib.loads(Path(args.config).read_text())
     root = Path(args.config).resolve().parent.parent
@@ -124,8 +124,11 @@ def main() -> None:
         step, hours = state["step"], state["hours"]
         print(f"resumed at step {step} ({hours:.2f} h)", flush=True)
     else:
-        if args.init:
-            model.load_state_dict({k: v.float() for k, v in torch.load(args.init).items()})
+        if args.init:  # exported fp16 weights (training/weights/<id>.pt): new optimizer, same step count
+            init = torch.load(args.init, map_location="cpu")
+            model.load_state_dict({k: v.float() for k, v in init["state_dict"].items()})
+            step, hours = init.get("step", 0), init.get("hours", 0.0)
+            print(f"initialised from {args.init} (step {step})", flush=True)
         ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
 
