@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--config", default=str(Path(__file__).with_name("config.toml")))
     ap.add_argument("--max-hours", type=float, default=1e9)
     ap.add_argument("--max-steps", type=int, default=10**9)
+    ap.add_argument("--fixed-quality", type=int, help="train one quality only (1..8), for A/B runs")
     ap.add_argument("--init", help="start from exported weights (training/weights/<id>.pt) when no checkpoint exists")
     args = ap.parse_args()
     cfg = tomllib.loads(Path(args.config).read_text())
@@ -145,6 +146,8 @@ def main() -> None:
             g["lr"] = learning_rate(step, cfg["optim"])
         x = to_tensor(sampler.batch(cfg["data"]["batch"]))
         q = torch.randint(0, len(LAMBDAS), (x.shape[0],))
+        if args.fixed_quality:
+            q.fill_(args.fixed_quality - 1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(x, q)
         losses = rate_distortion_loss(out, x, lambdas[q])
