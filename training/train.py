@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 import tomllib
@@ -141,7 +142,10 @@ def main() -> None:
     bf16 = use_bf16(cfg["run"].get("amp", "auto"))
     print(f"bf16 autocast: {bf16}", flush=True)
     window: list[list[float]] = []
-    while step < args.max_steps and hours - hours_start < args.max_hours:
+    stop = []  # SIGTERM/SIGINT: finish the step, save, exit
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+    while step < args.max_steps and hours - hours_start < args.max_hours and not stop:
         for g in opt.param_groups:
             g["lr"] = learning_rate(step, cfg["optim"])
         x = to_tensor(sampler.batch(cfg["data"]["batch"]))
