@@ -62,7 +62,7 @@ def read_info(fp: BinaryIO) -> Info:
         raise CorruptFileError(f"invalid quality {quality} in header")
     if h["tile_overlap"] * 2 >= h["tile_size"]:
         raise CorruptFileError("invalid tile overlap in header")
-    expected = len(tile_grid(h["width"], h["height"], h["tile_size"]))
+    expected = tile_count(h["width"], h["height"], h["tile_size"])  # arithmetic: no list for hostile sizes
     if len(index.tile_offsets) != expected:
         raise CorruptFileError(f"expected {expected} tiles, found {len(index.tile_offsets)}")
     mode = ("L" if h["colour"] == "gray" else "RGB") + ("A" if h["alpha"] else "")
@@ -97,6 +97,10 @@ def tile_grid(width: int, height: int, tile: int) -> list[tuple[int, int, int, i
         for y in range(0, height, tile)
         for x in range(0, width, tile)
     ]
+
+
+def tile_count(width: int, height: int, tile: int) -> int:
+    return -(-width // tile) * -(-height // tile)
 
 
 def extend(core: tuple[int, int, int, int], overlap: int, width: int, height: int) -> tuple[int, int, int, int]:

@@ -80,3 +80,15 @@ def test_hostile_header_sizes_do_not_allocate() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 50 * 2**20
+
+
+def test_hostile_tile_grid_is_rejected_quickly() -> None:
+    """65535x65535 in 64-pixel tiles announces a million tiles: counted, not listed."""
+    from pillow_dcv import codec, container
+
+    parsed = container.parse((FIXTURES[0]).read_bytes())
+    parsed.header.update(width=65535, height=65535, tile_size=64, tile_overlap=0)
+    start = time.perf_counter()
+    with pytest.raises(OSError, match="expected 1048576 tiles"):
+        codec.read_info(io.BytesIO(container.build(parsed)))
+    assert time.perf_counter() - start < 0.5
