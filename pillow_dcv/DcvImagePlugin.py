@@ -71,7 +71,6 @@ class DcvDecoder(ImageFile.PyDecoder):
     def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
         assert self.fd is not None
         (info,) = self.args
-        self.fd.seek(0)
         pixels = codec.decode(self.fd, info)
         self.set_as_raw(pixels.tobytes(), self.mode)
         return -1, 0
