@@ -173,6 +173,8 @@ def main() -> None:
                    "loss": round(float(loss), 4), "bpp": round(float(bpp), 4),
                    "psnr": round(10 * math.log10(1 / mse), 3)}
             if step % cfg["run"]["eval_every"] == 0:
+                # both: early on the EMA lags a fast-improving model (4.2k steps: 23.6 vs 25.4 dB at q4)
+                rec["eval"] = evaluate(model, eval_images)
                 rec["eval_ema"] = evaluate(ema, eval_images)
             log.write(json.dumps(rec) + "\n")
             log.flush()
