@@ -42,18 +42,24 @@ class Tables:
         return np.clip(symbols, self.lows[table], self.highs[table])
 
 
+def _groups(table: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
+    """Stable order of the symbols by table, and (table, start, stop) of each group in that order."""
+    order = np.argsort(table, kind="stable")
+    groups = np.unique(table)
+    bounds = np.searchsorted(table[order], groups, side="left").tolist() + [len(order)]
+    return order, groups.tolist(), bounds
+
+
 def encode(symbols: np.ndarray, table: np.ndarray, tables: Tables) -> bytes:
     """Code ``symbols`` (already inside their supports) where symbol i uses table ``table[i]``."""
     c = _constriction()
     coder = c.stream.stack.AnsCoder()
     symbols = symbols.ravel()
     table = table.ravel()
-    order = np.argsort(table, kind="stable")
-    groups = np.unique(table)
-    bounds = np.searchsorted(table[order], groups, side="left").tolist() + [len(order)]
+    order, groups, bounds = _groups(table)
     # ANS is a stack: push the groups in reverse so the decoder pops them in ascending order.
     for g in range(len(groups) - 1, -1, -1):
-        k = int(groups[g])
+        k = groups[g]
         chosen = symbols[order[bounds[g] : bounds[g + 1]]] - tables.offsets[k]
         coder.encode_reverse(chosen.astype(np.int32), tables.model(k))
     return coder.get_compressed().astype("<u4").tobytes()
@@ -68,10 +74,8 @@ def decode(data: bytes, table: np.ndarray, tables: Tables) -> np.ndarray:
     coder = c.stream.stack.AnsCoder(words)
     table = table.ravel()
     out = np.empty(table.shape, dtype=np.int64)
-    order = np.argsort(table, kind="stable")
-    groups = np.unique(table)
-    bounds = np.searchsorted(table[order], groups, side="left").tolist() + [len(order)]
-    for g, k in enumerate(groups.tolist()):
+    order, groups, bounds = _groups(table)
+    for g, k in enumerate(groups):
         n = bounds[g + 1] - bounds[g]
         values = coder.decode(tables.model(k), n)
         out[order[bounds[g] : bounds[g + 1]]] = values.astype(np.int64) + tables.offsets[k]
