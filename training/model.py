@@ -24,7 +24,11 @@ def conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
 
 
 def deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
+    """Exactly doubles the size for odd k (5) and even k (4); even k spreads every output pixel over
+    the same number of taps, which avoids the checkerboard pattern odd kernels leave."""
+    if k % 2:
+        return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
+    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=(k - stride) // 2)
 
 
 class GDN(nn.Module):
@@ -103,17 +107,38 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def synthesis_transform(m: int, channels: tuple[int, ...], kernels: tuple[int, ...]) -> nn.Sequential:
+    """Four transposed convolutions, each doubling the size, with inverse GDN between them.
+
+    Decode time is spent where the feature maps are large, so a light decoder narrows the
+    channels towards full resolution and uses small even kernels there.
+    """
+    widths = (m, *channels, 3)
+    layers: list[nn.Module] = []
+    for i, k in enumerate(kernels):
+        layers.append(deconv(widths[i], widths[i + 1], k))
+        if i < len(kernels) - 1:
+            layers.append(GDN(widths[i + 1], inverse=True))
+    return nn.Sequential(*layers)
+
+
 class DCVModel(nn.Module):
-    def __init__(self, n: int = 96, m: int = 192, nz: int = 128, nh: int = 128, qualities: int = 8) -> None:
+    def __init__(
+        self,
+        n: int = 96,
+        m: int = 192,
+        nz: int = 128,
+        nh: int = 128,
+        qualities: int = 8,
+        synthesis_channels: tuple[int, ...] | None = None,
+        synthesis_kernels: tuple[int, ...] = (5, 5, 5, 5),
+    ) -> None:
         super().__init__()
         self.n, self.m, self.nz, self.nh = n, m, nz, nh
         self.g_a = nn.Sequential(
             conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m),
         )
-        self.g_s = nn.Sequential(
-            deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True),
-            deconv(n, n), GDN(n, inverse=True), deconv(n, 3),
-        )
+        self.g_s = synthesis_transform(m, tuple(synthesis_channels or (n, n, n)), tuple(synthesis_kernels))
         self.h_a = nn.Sequential(
             conv(m, nh, 3, 1), nn.ReLU(), conv(nh, nh), nn.ReLU(), conv(nh, nz),
         )

@@ -28,9 +28,10 @@ def expand(p: str) -> Path:
     return Path(os.path.expanduser(p))
 
 
-def learning_rate(step: int, cfg: dict) -> float:
-    if step < cfg["warmup_steps"]:
-        return cfg["lr"] * (step + 1) / cfg["warmup_steps"]
+def learning_rate(step: int, cfg: dict, warm_from: int = 0) -> float:
+    """Linear warm-up from ``warm_from`` (the step a run was initialised at), then cosine decay."""
+    if step - warm_from < cfg["warmup_steps"]:
+        return cfg["lr"] * (step - warm_from + 1) / cfg["warmup_steps"]
     t = min(1.0, step / cfg["decay_steps"])
     return cfg["lr_final"] + 0.5 * (cfg["lr"] - cfg["lr_final"]) * (1 + math.cos(math.pi * t))
 
@@ -93,17 +94,36 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def warm_start(model: DCVModel, path: Path) -> tuple[int, float]:
+    """Initialise from exported weights (training/weights/<id>.pt) or another run's checkpoint.
+
+    Tensors whose name and shape match are copied, the rest keep their fresh initialisation, so a
+    changed transform (e.g. a lighter synthesis) starts from the rest of a trained model.
+    Returns the source's step count and hours (a new optimizer is created either way).
+    """
+    src = torch.load(path, map_location="cpu")
+    weights = src.get("state_dict") or src["model"]
+    own = model.state_dict()
+    matched = {k: v.float() for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    fresh = sorted(set(own) - set(matched))
+    print(f"initialised from {path} (step {src.get('step', 0)}); fresh: {fresh or 'none'}", flush=True)
+    return src.get("step", 0), src.get("hours", 0.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(Path(__file__).with_name("config.toml")))
     ap.add_argument("--max-hours", type=float, default=1e9)
     ap.add_argument("--max-steps", type=int, default=10**9)
     ap.add_argument("--fixed-quality", type=int, help="train one quality only (1..8), for A/B runs")
-    ap.add_argument("--init", help="start from exported weights (training/weights/<id>.pt) when no checkpoint exists")
+    ap.add_argument("--init", help="when no checkpoint exists, start from exported weights "
+                    "(training/weights/<id>.pt) or another run's checkpoint")
+    ap.add_argument("--threads", type=int, help="override [run] threads (two 1-thread A/B runs share 2 cores)")
     args = ap.parse_args()
     cfg = tomllib.loads(Path(args.config).read_text())
     root = Path(args.config).resolve().parent.parent
-    torch.set_num_threads(cfg["run"]["threads"])
+    torch.set_num_threads(args.threads or cfg["run"]["threads"])
     torch.manual_seed(int(time.time()))
 
     cache = expand(cfg["data"]["cache_dir"])
@@ -117,20 +137,18 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=cfg["optim"]["lr"])
     ckpt_path = expand(cfg["run"]["checkpoint"])
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    step, hours = 0, 0.0
+    step, hours, warm_from = 0, 0.0, 0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
-        step, hours = state["step"], state["hours"]
+        step, hours, warm_from = state["step"], state["hours"], state.get("warm_from", 0)
         print(f"resumed at step {step} ({hours:.2f} h)", flush=True)
     else:
-        if args.init:  # exported fp16 weights (training/weights/<id>.pt): new optimizer, same step count
-            init = torch.load(args.init, map_location="cpu")
-            model.load_state_dict({k: v.float() for k, v in init["state_dict"].items()})
-            step, hours = init.get("step", 0), init.get("hours", 0.0)
-            print(f"initialised from {args.init} (step {step})", flush=True)
+        if args.init:
+            step, hours = warm_start(model, Path(os.path.expanduser(args.init)))
+            warm_from = step  # a fresh optimizer (and maybe fresh layers): warm up again
         ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
 
@@ -147,7 +165,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     while step < args.max_steps and hours - hours_start < args.max_hours and not stop:
         for g in opt.param_groups:
-            g["lr"] = learning_rate(step, cfg["optim"])
+            g["lr"] = learning_rate(step, cfg["optim"], warm_from)
         x = to_tensor(sampler.batch(cfg["data"]["batch"]))
         q = torch.randint(0, len(LAMBDAS), (x.shape[0],))
         if args.fixed_quality:
@@ -182,10 +200,11 @@ def main() -> None:
         if time.time() - t_saved > cfg["run"]["save_every_s"]:
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(),
                                         "opt": opt.state_dict(), "step": step, "hours": hours,
-                                        "config": cfg})
+                                        "warm_from": warm_from, "config": cfg})
             t_saved = time.time()
     save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                "opt": opt.state_dict(), "step": step, "hours": hours, "config": cfg})
+                                "opt": opt.state_dict(), "step": step, "hours": hours,
+                                "warm_from": warm_from, "config": cfg})
 
 
 if __name__ == "__main__":
