@@ -44,9 +44,13 @@ class Tables:
 
 def _groups(table: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
     """Stable order of the symbols by table, and (table, start, stop) of each group in that order."""
-    order = np.argsort(table, kind="stable")
-    groups = np.unique(table)
-    bounds = np.searchsorted(table[order], groups, side="left").tolist() + [len(order)]
+    if table.size and not 0 <= table.min() <= table.max() < 2**16:
+        raise ValueError("table index out of range")
+    small = table.astype(np.uint16)  # numpy's stable sort is a radix sort for 16-bit keys
+    order = np.argsort(small, kind="stable")
+    counts = np.bincount(small)
+    groups = np.flatnonzero(counts)
+    bounds = np.concatenate(([0], np.cumsum(counts[groups]))).tolist()
     return order, groups.tolist(), bounds
 
 
