@@ -132,6 +132,7 @@ class DCVModel(nn.Module):
         qualities: int = 8,
         synthesis_channels: tuple[int, ...] | None = None,
         synthesis_kernels: tuple[int, ...] = (5, 5, 5, 5),
+        hyper_kernel: int = 3,
     ) -> None:
         super().__init__()
         self.n, self.m, self.nz, self.nh = n, m, nz, nh
@@ -143,7 +144,7 @@ class DCVModel(nn.Module):
             conv(m, nh, 3, 1), nn.ReLU(), conv(nh, nh), nn.ReLU(), conv(nh, nz),
         )
         self.h_s = nn.Sequential(
-            deconv(nz, nh), nn.ReLU(), deconv(nh, 3 * m // 2), nn.ReLU(), conv(3 * m // 2, 2 * m, 3, 1),
+            deconv(nz, nh), nn.ReLU(), deconv(nh, 3 * m // 2), nn.ReLU(), conv(3 * m // 2, 2 * m, hyper_kernel, 1),
         )
         self.entropy_bottleneck = EntropyBottleneck(nz)
         # Gain units (Cui et al. 2020): one gain vector per quality on the latent, and its inverse.

@@ -105,6 +105,12 @@ def warm_start(model: DCVModel, path: Path) -> tuple[int, float]:
     weights = src.get("state_dict") or src["model"]
     own = model.state_dict()
     matched = {k: v.float() for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    for k, v in weights.items():  # a convolution whose kernel shrank (e.g. 3x3 -> 1x1) keeps its centre taps
+        if k in own and k not in matched and v.ndim == 4 and own[k].shape[:2] == v.shape[:2]:
+            kh, kw = own[k].shape[2:]
+            top, left = (v.shape[2] - kh) // 2, (v.shape[3] - kw) // 2
+            if top >= 0 and left >= 0:
+                matched[k] = v[:, :, top : top + kh, left : left + kw].float().clone()
     model.load_state_dict(matched, strict=False)
     fresh = sorted(set(own) - set(matched))
     print(f"initialised from {path} (step {src.get('step', 0)}); fresh: {fresh or 'none'}", flush=True)
