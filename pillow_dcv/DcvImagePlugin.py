@@ -120,7 +120,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     exif = _exif_bytes(info.get("exif", im.info.get("exif")))
     xmp = _metadata_bytes("xmp", info.get("xmp", im.info.get("xmp")))
     options = {}
-    for key in ("tile_size", "overlap"):
+    for key in ("tile_size",):
         if key in info:
             value = info[key]
             if isinstance(value, bool) or not isinstance(value, int):

@@ -1,7 +1,9 @@
 """The codec: pixel arrays <-> container chunks, via the model and the entropy coder.
 
-Knows nothing about Pillow. Images are coded as independent tiles (bounded memory, parallel-
-friendly); neighbouring tiles overlap and are cross-faded so their edges do not show.
+Knows nothing about Pillow. The latent is entropy-coded in independent tiles (bounded memory, a
+damaged tile is reported on its own), but the pixels are the synthesis of the whole latent mosaic:
+the decoder synthesises each tile with a margin of its neighbours' latents, so tile edges cost no
+bits and do not show.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ from . import container, entropy
 from .models import DEFAULT_MODEL, Model, get_model
 
 DOWNSAMPLING = 64  # g_a (x16) then h_a (x4): tiles are padded to a multiple of this
-DEFAULT_TILE_SIZE = 768
-DEFAULT_OVERLAP = 32
+DEFAULT_TILE_SIZE = 1024
+LATENT_STRIDE = 16  # g_a downsamples by 16
+# Pixels of context around a tile for the analysis (encoder only: any latents decode correctly, this
+# makes a tile's latents close to those of the whole image) and latent cells around a tile for the
+# synthesis: at least the synthesis' reach (2 cells, tests/test_codec.py) so pieces join exactly.
+ANALYSIS_MARGIN = 64
+SYNTHESIS_MARGIN = 3
 MIN_QUALITY, MAX_QUALITY = 1.0, 8.0
 MODES = ("RGB", "L", "RGBA", "LA")
 SIGNATURE = container.SIGNATURE
@@ -60,8 +67,6 @@ def read_info(fp: BinaryIO) -> Info:
     quality = h["quality"] / 256
     if not MIN_QUALITY <= quality <= MAX_QUALITY:
         raise CorruptFileError(f"invalid quality {quality} in header")
-    if h["tile_overlap"] * 2 >= h["tile_size"]:
-        raise CorruptFileError("invalid tile overlap in header")
     expected = tile_count(h["width"], h["height"], h["tile_size"])  # arithmetic: no list for hostile sizes
     if len(index.tile_offsets) != expected:
         raise CorruptFileError(f"expected {expected} tiles, found {len(index.tile_offsets)}")
@@ -91,7 +96,7 @@ def verify(fp: BinaryIO) -> None:
 
 
 def tile_grid(width: int, height: int, tile: int) -> list[tuple[int, int, int, int]]:
-    """Core rectangles (y0, y1, x0, x1) in raster order."""
+    """Rectangles (y0, y1, x0, x1) in raster order."""
     return [
         (y, min(y + tile, height), x, min(x + tile, width))
         for y in range(0, height, tile)
@@ -103,25 +108,8 @@ def tile_count(width: int, height: int, tile: int) -> int:
     return -(-width // tile) * -(-height // tile)
 
 
-def extend(core: tuple[int, int, int, int], overlap: int, width: int, height: int) -> tuple[int, int, int, int]:
-    y0, y1, x0, x1 = core
-    return max(0, y0 - overlap), min(height, y1 + overlap), max(0, x0 - overlap), min(width, x1 + overlap)
-
-
-def ramp(start: int, stop: int, core0: int, core1: int, size: int, overlap: int) -> np.ndarray:
-    """1-D blending weights over [start, stop): a linear cross-fade across each interior boundary.
-
-    Across a boundary b the band [b - overlap, b + overlap) is shared; the two tiles' weights there
-    are t and 1 - t, so every pixel's weights add up to one.
-    """
-    p = np.arange(start, stop, dtype=np.float32) + 0.5
-    w = np.ones(stop - start, dtype=np.float32)
-    if overlap:
-        if core0 > 0:
-            w = np.minimum(w, np.clip((p - (core0 - overlap)) / (2 * overlap), 0, 1))
-        if core1 < size:
-            w = np.minimum(w, np.clip(((core1 + overlap) - p) / (2 * overlap), 0, 1))
-    return w
+def padded_size(n: int) -> int:
+    return -(-n // DOWNSAMPLING) * DOWNSAMPLING
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -135,13 +123,21 @@ def symbols_crc(z: np.ndarray, y: np.ndarray) -> int:
     return zlib.crc32(y.astype("<i4").tobytes(), crc)
 
 
-def encode_tile(model: Model, pixels: np.ndarray, gain: np.ndarray, index: int) -> dict:
-    x = pad_to_multiple(pixels, DOWNSAMPLING).astype(np.float32).transpose(2, 0, 1)[None] / 255.0
+def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: np.ndarray, index: int) -> dict:
+    """Code the latents of one tile cell of the padded image, analysed with a margin of context."""
+    y0, y1, x0, x1 = cell
+    hp, wp = padded.shape[:2]
+    wy0, wy1 = max(0, y0 - ANALYSIS_MARGIN), min(hp, y1 + ANALYSIS_MARGIN)
+    wx0, wx1 = max(0, x0 - ANALYSIS_MARGIN), min(wp, x1 + ANALYSIS_MARGIN)
+    x = padded[wy0:wy1, wx0:wx1].astype(np.float32).transpose(2, 0, 1)[None] / 255.0
     y, z = model.analysis(np.ascontiguousarray(x), gain)
-    z_channel = np.broadcast_to(np.arange(z.shape[1])[:, None, None], z.shape[1:])
-    z_sym = model.z_tables.clamp(np.rint(z[0]).astype(np.int64), z_channel)
+    s, d = LATENT_STRIDE, DOWNSAMPLING  # the margins are multiples of 64, so the grids line up
+    y = y[0, :, (y0 - wy0) // s : (y1 - wy0) // s, (x0 - wx0) // s : (x1 - wx0) // s]
+    z = z[0, :, (y0 - wy0) // d : (y1 - wy0) // d, (x0 - wx0) // d : (x1 - wx0) // d]
+    z_channel = np.broadcast_to(np.arange(z.shape[0])[:, None, None], z.shape)
+    z_sym = model.z_tables.clamp(np.rint(z).astype(np.int64), z_channel)
     mu, scale_index = model.prior(z_sym)
-    y_sym = model.y_tables.clamp(np.rint(y[0].astype(np.float64) - mu).astype(np.int64), scale_index)
+    y_sym = model.y_tables.clamp(np.rint(y.astype(np.float64) - mu).astype(np.int64), scale_index)
     return {
         "index": index,
         "symbols_crc": symbols_crc(z_sym, y_sym),
@@ -150,11 +146,10 @@ def encode_tile(model: Model, pixels: np.ndarray, gain: np.ndarray, index: int) 
     }
 
 
-def decode_tile(model: Model, tile: dict, height: int, width: int, inv_gain: np.ndarray, **session_args) -> np.ndarray:
-    """-> float32 (h, w, 3) in [0, 255] for a tile region of the given size."""
-    hp, wp = -(-height // DOWNSAMPLING) * DOWNSAMPLING, -(-width // DOWNSAMPLING) * DOWNSAMPLING
+def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray:
+    """Latents of a tile cell of height x width padded pixels -> float32 (M, height/16, width/16)."""
     cz = len(model.z_tables.offsets)
-    z_shape = (cz, hp // DOWNSAMPLING, wp // DOWNSAMPLING)
+    z_shape = (cz, height // DOWNSAMPLING, width // DOWNSAMPLING)
     z_channel = np.broadcast_to(np.arange(cz)[:, None, None], z_shape)
     try:
         z_sym = entropy.decode(tile["z_stream"], z_channel, model.z_tables).reshape(z_shape)
@@ -164,9 +159,7 @@ def decode_tile(model: Model, tile: dict, height: int, width: int, inv_gain: np.
         raise CorruptFileError(f"damaged entropy-coded data in tile {tile['index']}: {e}") from None
     if symbols_crc(z_sym, y_sym) != tile["symbols_crc"]:
         raise CorruptFileError(f"tile {tile['index']}: decoded symbols do not match their checksum")
-    y_hat = (y_sym + mu).astype(np.float32)[None]
-    x_hat = model.synthesis(y_hat, inv_gain, **session_args)[0, :, :height, :width]
-    return np.clip(x_hat.transpose(1, 2, 0) * 255.0, 0.0, 255.0)
+    return (y_sym + mu).astype(np.float32)
 
 
 # -- alpha ---------------------------------------------------------------------------------------
@@ -213,7 +206,6 @@ def encode(
     exif: bytes | None = None,
     xmp: bytes | None = None,
     tile_size: int = DEFAULT_TILE_SIZE,
-    overlap: int = DEFAULT_OVERLAP,
     model_id: str = DEFAULT_MODEL,
 ) -> bytes:
     """Encode an (H, W, C) uint8 array (C = 3 for RGB, 1 for L, 4 for RGBA, 2 for LA) to .dcv bytes."""
@@ -226,8 +218,6 @@ def encode(
         raise ValueError(f"image size {width}x{height} is outside 1..{container.MAX_SIDE}")
     if tile_size % DOWNSAMPLING or not DOWNSAMPLING <= tile_size <= 4096:
         raise ValueError(f"tile_size must be a multiple of {DOWNSAMPLING} from 64 to 4096")
-    if not 0 <= overlap < tile_size // 2 or overlap > 255:
-        raise ValueError("overlap must be from 0 to min(255, tile_size / 2)")
     q = validate_quality(quality)
     try:
         model = get_model(model_id)
@@ -235,10 +225,9 @@ def encode(
         raise ValueError(f"unknown model {model_id!r}") from None
     gain, _ = model.gains(q)
     colour = pixels[:, :, :3] if mode.startswith("RGB") else np.repeat(pixels[:, :, :1], 3, axis=2)
-    tiles = []
-    for i, core in enumerate(tile_grid(width, height, tile_size)):
-        y0, y1, x0, x1 = extend(core, overlap, width, height)
-        tiles.append(encode_tile(model, colour[y0:y1, x0:x1], gain, i))
+    padded = pad_to_multiple(colour, DOWNSAMPLING)
+    cells = tile_grid(padded.shape[1], padded.shape[0], tile_size)
+    tiles = [encode_tile(model, padded, cell, gain, i) for i, cell in enumerate(cells)]
     header = {
         "version_major": container.VERSION_MAJOR,
         "version_minor": container.VERSION_MINOR,
@@ -248,7 +237,7 @@ def encode(
         "alpha": mode.endswith("A"),
         "quality": int(q * 256),
         "tile_size": tile_size,
-        "tile_overlap": overlap,
+        "reserved": 0,
         "model_id": model.model_id,
         "model_hash": model.hash,
         "coder": entropy.CODER_NAME,
@@ -261,9 +250,10 @@ def encode(
 def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
     """Decode the pixels of a file opened with :func:`read_info` -> (H, W, C) uint8.
 
-    Tiles are decoded one row of tiles at a time into a float band; rows that no later tile
-    touches are rounded into the output at once, so memory beyond the output stays bounded by
-    one band whatever the image size.
+    The pixels are the synthesis of the whole latent mosaic. It is computed one tile at a time
+    on the tile's latents plus SYNTHESIS_MARGIN cells of its neighbours', which is exact because
+    the synthesis reaches less far. So one row of tiles is synthesised once the next row's
+    latents are decoded, and memory stays bounded by about two rows of latents.
     """
     header = info.index.container.header
     try:
@@ -272,44 +262,67 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
         raise CorruptFileError(f"file needs model {header['model_id']!r}, which this version lacks") from None
     if model.hash != header["model_hash"]:
         raise CorruptFileError(f"file was made with different weights for model {header['model_id']!r}")
-    width, height = info.width, info.height
-    tile_size, overlap = header["tile_size"], header["tile_overlap"]
+    width, height, tile_size = info.width, info.height, header["tile_size"]
+    hp, wp = padded_size(height), padded_size(width)
     _, inv_gain = model.gains(info.quality)
-    grid = tile_grid(width, height, tile_size)
-    tiles = iter(zip(range(len(grid)), grid, info.index.tile_offsets))
+    row_starts = list(range(0, hp, tile_size))
+    tiles = iter(enumerate(info.index.tile_offsets))
     out = np.empty((height, width, len(info.mode)), dtype=np.uint8)
-    colour_channels = 1 if info.mode.startswith("L") else 3
-    carry = None  # partial sums of rows shared with the next row of tiles
-    for row_start in range(0, height, tile_size):
-        row_end = min(row_start + tile_size, height)
-        band_y0, band_y1 = max(0, row_start - overlap), min(height, row_end + overlap)
-        band = np.zeros((band_y1 - band_y0, width, 3), dtype=np.float32)
-        if carry is not None:
-            band[: len(carry)] += carry
-        for _ in range(0, width, tile_size):
-            i, core, (offset, size) = next(tiles)
-            region, (y0, y1, x0, x1) = _read_and_decode_tile(fp, model, i, core, offset, size, info, inv_gain,
-                                                            session_args)
-            wy = ramp(y0, y1, core[0], core[1], height, overlap)
-            wx = ramp(x0, x1, core[2], core[3], width, overlap)
-            band[y0 - band_y0 : y1 - band_y0, x0:x1] += region * (wy[:, None, None] * wx[None, :, None])
-        done = band_y1 if row_end == height else row_end - overlap  # rows no later tile touches
-        finished = band[: done - band_y0]
-        if colour_channels == 1:
-            finished = finished.mean(axis=2, keepdims=True)
-        out[band_y0:done, :, :colour_channels] = np.rint(finished)
-        carry = band[done - band_y0 :]
+    margin = SYNTHESIS_MARGIN
+    above = None  # the last latent rows of the previous row of tiles
+    current = _decode_latent_row(fp, model, tiles, row_starts[0], hp, wp, tile_size)
+    for r, y0 in enumerate(row_starts):
+        below = None
+        if r + 1 < len(row_starts):
+            below = _decode_latent_row(fp, model, tiles, row_starts[r + 1], hp, wp, tile_size)
+        parts = [p for p in (above, current, below[:, :margin] if below is not None else None) if p is not None]
+        band = np.concatenate(parts, axis=1) if len(parts) > 1 else current
+        top = 0 if above is None else above.shape[1]
+        rows = (y0, min(y0 + tile_size, height))
+        for x0 in range(0, wp, tile_size):
+            cols = (x0, min(x0 + tile_size, width))
+            if cols[0] < cols[1] and rows[0] < rows[1]:
+                pixels = _synthesise_cell(model, band, top, x0 // LATENT_STRIDE, rows, cols, inv_gain, session_args)
+                _store(out, pixels, rows, cols, info.mode)
+        above, current = current[:, -margin:], below
     if info.mode.endswith("A"):
         out[:, :, -1] = decode_alpha(info.index.container.alpha, height, width)
     return out
 
 
-def _read_and_decode_tile(fp, model, i, core, offset, size, info, inv_gain, session_args):
-    try:
-        _, tile = container.read_chunk(fp, offset, size)
-    except container.ContainerError as e:
-        raise CorruptFileError(str(e)) from None
-    if tile["index"] != i:
-        raise CorruptFileError(f"tile {i} is out of order")
-    y0, y1, x0, x1 = extend(core, info.index.container.header["tile_overlap"], info.width, info.height)
-    return decode_tile(model, tile, y1 - y0, x1 - x0, inv_gain, **session_args), (y0, y1, x0, x1)
+def _decode_latent_row(fp, model, tiles, y0: int, hp: int, wp: int, tile_size: int) -> np.ndarray:
+    """Entropy-decode one row of tiles into a latent band (M, rows/16, wp/16)."""
+    y1 = min(y0 + tile_size, hp)
+    cells = []
+    for x0 in range(0, wp, tile_size):
+        x1 = min(x0 + tile_size, wp)
+        i, (offset, size) = next(tiles)
+        try:
+            _, tile = container.read_chunk(fp, offset, size)
+        except container.ContainerError as e:
+            raise CorruptFileError(str(e)) from None
+        if tile["index"] != i:
+            raise CorruptFileError(f"tile {i} is out of order")
+        cells.append(decode_tile(model, tile, y1 - y0, x1 - x0))
+    return np.concatenate(cells, axis=2) if len(cells) > 1 else cells[0]
+
+
+def _synthesise_cell(model, band, top, lx0, rows, cols, inv_gain, session_args) -> np.ndarray:
+    """Pixels rows x cols of one tile cell from a latent band whose row `top` is the cell's first."""
+    s, margin = LATENT_STRIDE, SYNTHESIS_MARGIN
+    cell_h = -(-(rows[1] - rows[0]) // s)
+    cell_w = -(-(cols[1] - cols[0]) // s)
+    r0, r1 = max(0, top - margin), min(band.shape[1], top + cell_h + margin)
+    c0, c1 = max(0, lx0 - margin), min(band.shape[2], lx0 + cell_w + margin)
+    window = np.ascontiguousarray(band[None, :, r0:r1, c0:c1])
+    x_hat = model.synthesis(window, inv_gain, **session_args)[0]
+    oy, ox = (top - r0) * s, (lx0 - c0) * s
+    x_hat = x_hat[:, oy : oy + rows[1] - rows[0], ox : ox + cols[1] - cols[0]]
+    return np.clip(x_hat.transpose(1, 2, 0) * 255.0, 0.0, 255.0)
+
+
+def _store(out: np.ndarray, pixels: np.ndarray, rows, cols, mode: str) -> None:
+    if mode.startswith("L"):  # gray was coded as R = G = B; the mean of the unrounded channels
+        out[rows[0] : rows[1], cols[0] : cols[1], :1] = np.rint(pixels.mean(axis=2, keepdims=True))
+    else:
+        out[rows[0] : rows[1], cols[0] : cols[1], :3] = np.rint(pixels)

@@ -36,7 +36,7 @@ from construct import (
 )
 
 SIGNATURE = b"\x89DCV\r\n\x1a\n"
-VERSION_MAJOR = 1
+VERSION_MAJOR = 2
 VERSION_MINOR = 0
 
 MAX_SIDE = 65535
@@ -61,7 +61,7 @@ Header = Struct(
     "alpha" / Mapping(Int8ub, {False: 0, True: 1}),
     "quality" / Int16ub,  # quality x 256 (8.8 fixed point): 256 .. 2048
     "tile_size" / Int16ub,  # pixels, a multiple of 64
-    "tile_overlap" / Int8ub,  # pixels added on each interior side of a tile
+    "reserved" / Int8ub,  # 0 (version 1 stored a tile overlap here)
     "model_id" / PaddedString(16, "ascii"),
     "model_hash" / Bytes(32),  # SHA-256 of the model's weight files
     "coder" / Mapping(Int8ub, {"ans32": 1}),  # constriction AnsCoder, 32-bit words, little-endian
@@ -233,6 +233,8 @@ def _assemble(chunks: Iterator[tuple[bytes, object]] | list) -> Container:
         raise ContainerError(f"unsupported DCV version {header['version_major']}.{header['version_minor']}")
     if header["tile_size"] == 0 or header["tile_size"] % 64:
         raise ContainerError(f"invalid tile size {header['tile_size']}")
+    if header["reserved"] != 0:
+        raise ContainerError("reserved header byte is not 0")
     container = Container(header=header)
     seen_tile = False
     for chunk_type, data in chunks[1:]:

@@ -20,7 +20,7 @@ headers = st.fixed_dictionaries(
         "alpha": st.booleans(),
         "quality": st.integers(256, 2048),
         "tile_size": st.integers(1, 1023).map(lambda t: t * 64),
-        "tile_overlap": st.integers(0, 255),
+        "reserved": st.just(0),
         "model_id": st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=16),
         "model_hash": st.binary(min_size=32, max_size=32),
         "coder": st.just("ans32"),
@@ -77,8 +77,8 @@ def test_build_parse_build_is_byte_identical(c: C.Container) -> None:
 
 def minimal() -> C.Container:
     header = {
-        "version_major": 1, "version_minor": 0, "width": 3, "height": 2, "colour": "rgb", "alpha": False,
-        "quality": 1024, "tile_size": 768, "tile_overlap": 32, "model_id": "m", "model_hash": bytes(32),
+        "version_major": C.VERSION_MAJOR, "version_minor": 0, "width": 3, "height": 2, "colour": "rgb", "alpha": False,
+        "quality": 1024, "tile_size": 768, "reserved": 0, "model_id": "m", "model_hash": bytes(32),
         "coder": "ans32",
     }
     return C.Container(header=header, tiles=[{"index": 0, "symbols_crc": 0, "z_stream": b"", "y_stream": b""}])
@@ -149,6 +149,10 @@ def test_bad_tile_size_and_version() -> None:
     with pytest.raises(C.ContainerError, match="tile size"):
         C.parse(C.build(c))
     c = minimal()
-    c.header["version_major"] = 2
+    c.header["version_major"] = 1  # version 1 blended overlapping tiles: other pixels from the same data
     with pytest.raises(C.ContainerError, match="unsupported DCV version"):
+        C.parse(C.build(c))
+    c = minimal()
+    c.header["reserved"] = 32
+    with pytest.raises(C.ContainerError, match="reserved"):
         C.parse(C.build(c))

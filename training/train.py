@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--fixed-quality", type=int, help="train one quality only (1..8), for A/B runs")
     ap.add_argument("--init", help="when no checkpoint exists, start from exported weights "
                     "(training/weights/<id>.pt) or another run's checkpoint")
+    ap.add_argument("--reset-ema", action="store_true", help="restart the EMA from the current weights "
+                    "(after a warm start with fresh layers the old average is meaningless)")
     ap.add_argument("--threads", type=int, help="override [run] threads (two 1-thread A/B runs share 2 cores)")
     args = ap.parse_args()
     cfg = tomllib.loads(Path(args.config).read_text())
@@ -155,6 +157,8 @@ def main() -> None:
         if args.init:
             step, hours = warm_start(model, Path(os.path.expanduser(args.init)))
             warm_from = step  # a fresh optimizer (and maybe fresh layers): warm up again
+        ema.load_state_dict(model.state_dict())
+    if args.reset_ema:
         ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
 
