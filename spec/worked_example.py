@@ -173,6 +173,10 @@ def section() -> str:
     if len(ynz) > 12:
         ynz_text += f"; and {len(ynz) - 12} more"
     used = np.unique(scale_index)
+    s0, lo0, hi0 = first["s"], first["L"], first["L"] + first["f"]
+    counts_y = [int(c) for c in yt0.counts[ky][:7]]
+    more_y = " …" if len(yt0.counts[ky]) > 7 else ""
+    value_y = yfirst["s"] + int(yt0.offsets[ky])
     narrative = f"""Decoding the tile. The image is padded to 64 × 64, one cell, so z has shape ({cz}, 1, 1) and y
 has shape ({y.shape[0]}, 4, 4). The numbers below come from `spec/worked_example.py`, which decodes
 the streams with a plain reading of section 7 (no constriction) and checks the result against the
@@ -181,16 +185,16 @@ reference codec.
 - z stream: the initial state is 0x{zdec.initial_state:X} (the last word is popped first, then
   words while the state is below 2^32). Symbol (0, 0, 0) uses `z` table {k0}: n = {n0},
   N = {total0:,}, offset {int(zt.offsets[k0])}. q = 0x{first['q']:X} lies in
-  [L_{first['s']}, L_{first['s'] + 1}) = [{first['L']:,}, {first['L'] + first['f']:,}), so the index is {first['s']} and the value
-  is {first['s'] + int(zt.offsets[k0]):+d}. The new state is 0x{first['new_state']:X}. Further words popped: {zpops}.
+  [L_{s0}, L_{s0 + 1}) = [{lo0:,}, {hi0:,}), so the index is {s0} and the value
+  is {s0 + int(zt.offsets[k0]):+d}. The new state is 0x{first['new_state']:X}. Further words popped: {zpops}.
   After the last symbol the state is 0 with no words left. {zero} of the {z.size} `z` symbols are 0;
   the others are (channel: value) {nonzero}.
 - The prior of this z gives `scale_index` values {int(used.min())} to {int(used.max())}
   ({int((scale_index == used.min()).sum())} of the {y.size} latents use table {int(used.min())}) and mu between
   {float(mu.min()):.2f} and {float(mu.max()):.2f}.
 - y stream: the initial state is 0x{ydec.initial_state:X}. Its first symbol (table {ky}, counts
-  `{list(int(c) for c in yt0.counts[ky][:7])}{' …' if len(yt0.counts[ky]) > 7 else ''}`, offset {int(yt0.offsets[ky])}) has
-  q = 0x{yfirst['q']:X}, index {yfirst['s']}, value {yfirst['s'] + int(yt0.offsets[ky]):+d}. The {len(used)} groups (tables
+  `{counts_y}{more_y}`, offset {int(yt0.offsets[ky])}) has
+  q = 0x{yfirst['q']:X}, index {yfirst['s']}, value {value_y:+d}. The {len(used)} groups (tables
   {int(used.min())} to {int(used.max())} that occur) are decoded in ascending table order; further words popped:
   {ypops}. The non-zero `y` symbols (position (channel, row, column) = value): {ynz_text or 'none'}.
   The state ends at 0.
