@@ -33,9 +33,19 @@ if int(width):
     im = im.resize((int(width), int(height)), Image.Resampling.LANCZOS)
 mpx = im.width * im.height / 1e6
 pillow_dcv.models.get_model()  # model loading is not part of the per-image time
+stages = {}
+def timed(owner, name, label):  # per-stage wall time of the decode
+    f = getattr(owner, name)
+    def wrapper(*a, **k):
+        t0 = time.perf_counter(); r = f(*a, **k); stages[label] = stages.get(label, 0) + time.perf_counter() - t0
+        return r
+    setattr(owner, name, wrapper)
 if what == "decode":
     buf = io.BytesIO(); im.save(buf, "DCV", quality=float(quality)); data = buf.getvalue()
     del im
+    model = pillow_dcv.models.get_model()
+    timed(pillow_dcv.entropy, "decode", "entropy"); timed(model, "prior", "prior")
+    timed(model, "synthesis", "synthesis")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter(); out = Image.open(io.BytesIO(data)); out.load(); dt = time.perf_counter() - t
 else:
@@ -45,7 +55,8 @@ else:
     data = buf.getvalue()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"what": what, "mpx": mpx, "ms_per_mpx": dt * 1000 / mpx, "seconds": dt,
-                  "peak_rss_mb": peak / 1024, "bpp": len(data) * 8 / (mpx * 1e6)}))
+                  "peak_rss_mb": peak / 1024, "bpp": len(data) * 8 / (mpx * 1e6),
+                  "stages_ms_per_mpx": {k: v * 1000 / mpx for k, v in stages.items()}}))
 """
 
 
@@ -91,6 +102,10 @@ def main() -> None:
             r = measure(args.image, size, args.quality, args.threads, what)
             print(f"{label:28} {what:7} {r['mpx']:>6.2f} {r['ms_per_mpx']:>8.0f} {r['seconds']:>7.2f} "
                   f"{r['peak_rss_mb']:>12.0f} {r['bpp']:>6.3f}")
+            if r["stages_ms_per_mpx"]:
+                parts = ", ".join(f"{k} {v:.0f}" for k, v in r["stages_ms_per_mpx"].items())
+                rest = r["ms_per_mpx"] - sum(r["stages_ms_per_mpx"].values())
+                print(f"{'':28} {'':7} ms/Mpx by stage: {parts}, other {rest:.0f}")
 
 
 if __name__ == "__main__":
