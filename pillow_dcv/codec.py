@@ -279,11 +279,10 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
         band = np.concatenate(parts, axis=1) if len(parts) > 1 else current
         top = 0 if above is None else above.shape[1]
         rows = (y0, min(y0 + tile_size, height))
-        for x0 in range(0, wp, tile_size):
+        for x0 in range(0, wp, tile_size):  # every cell starts inside the image: wp - width < 64 <= tile_size
             cols = (x0, min(x0 + tile_size, width))
-            if cols[0] < cols[1] and rows[0] < rows[1]:
-                pixels = _synthesise_cell(model, band, top, x0 // LATENT_STRIDE, rows, cols, inv_gain, session_args)
-                _store(out, pixels, rows, cols, info.mode)
+            pixels = _synthesise_cell(model, band, top, x0 // LATENT_STRIDE, rows, cols, inv_gain, session_args)
+            _store(out, pixels, rows, cols, info.mode)
         above, current = current[:, -margin:], below
     if info.mode.endswith("A"):
         out[:, :, -1] = decode_alpha(info.index.container.alpha, height, width)
