@@ -2,8 +2,8 @@
 
 Knows nothing about Pillow. The latent is entropy-coded in independent tiles (bounded memory, a
 damaged tile is reported on its own), but the pixels are the synthesis of the whole latent mosaic:
-the decoder synthesises each tile with a margin of its neighbours' latents, so tile edges cost no
-bits and do not show.
+the decoder synthesises each tile with a margin of its neighbours' latents, so no pixel is coded
+twice and tile edges do not show (the hyper-prior's context stops at a tile edge, which costs ~1 %).
 """
 
 from __future__ import annotations
