@@ -19,7 +19,7 @@ from .entropy import Tables
 from .prior import IntegerHyperSynthesis
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_MODEL = "dcv-ms2-s02"
+DEFAULT_MODEL = "dcv-ms2-s03"
 MODEL_FILES = ("analysis.onnx", "synthesis.onnx", "prior.npz")
 
 _lock = threading.Lock()
