@@ -102,9 +102,6 @@ class Model:
         opts.intra_op_num_threads = n
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # Tiles come in several shapes; the arena would keep a pool per shape (1.8 GB measured for a
-        # 6 MP decode, 1.0 GB without it).
-        opts.enable_cpu_mem_arena = False
         return ort.InferenceSession(str(self.folder / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
 
     def analysis(self, x: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

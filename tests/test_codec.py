@@ -40,7 +40,7 @@ def reference_prior(prior, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                     acc = acc + np.einsum("oc,chw->ohw", w[:, :, i, j], xp[:, i : i + h, j : j + wd])
         if n < len(prior.layers) - 1:
             scaled = (acc + (1 << (shift - 1))) >> shift if shift > 0 else acc << -shift
-            x = np.clip(scaled, 0, 2**16 - 1)
+            x = np.clip(scaled, 0, prior.activation_max)
     scale_acc, mu_acc = np.split(acc, 2)
     return mu_acc, np.searchsorted(prior.scale_thresholds, scale_acc, side="right")
 
@@ -63,6 +63,11 @@ def test_integer_prior_matches_pure_integer_arithmetic(photo) -> None:
         assert np.array_equal(index, index_ref)
 
 
+def model_prior_params() -> dict[str, np.ndarray]:
+    with np.load(get_model().folder / "prior.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
 def test_integer_prior_does_not_depend_on_summation_order(photo) -> None:
     """Permuting input channels changes the order of every GEMM sum: results must not move."""
     from pillow_dcv.prior import IntegerHyperSynthesis
@@ -70,13 +75,35 @@ def test_integer_prior_does_not_depend_on_summation_order(photo) -> None:
     prior = get_model().prior
     z = real_hyper_latent(np.asarray(photo), 7)
     perm = np.random.default_rng(1).permutation(z.shape[0])
-    permuted = IntegerHyperSynthesis.__new__(IntegerHyperSynthesis)
-    permuted.__dict__.update(prior.__dict__)
-    kind, w, b, shift = prior.layers[0]
-    permuted.layers = [(kind, w[perm], b, shift)] + prior.layers[1:]
+    params = model_prior_params()
+    params["hs0_w"] = params["hs0_w"][perm]  # deconv weights are (C, O, k, k)
     mu, index = prior(z)
-    mu_p, index_p = permuted(z[perm])
+    mu_p, index_p = IntegerHyperSynthesis(params)(z[perm])
     assert np.array_equal(mu, mu_p) and np.array_equal(index, index_p)
+
+
+def test_integer_prior_float32_and_float64_agree(photo) -> None:
+    """Layers proven exact in float32 give what float64 (exact for any model) gives."""
+    from pillow_dcv.prior import IntegerHyperSynthesis
+
+    params = model_prior_params()  # narrowed to 8-bit weights so that every layer qualifies for float32
+    params["hs_activation_max"] = np.array(1023)
+    for i in range(int(params["hs_layers"])):
+        w = params[f"hs{i}_w"].astype(np.float64)
+        params[f"hs{i}_w"] = np.round(w * 127 / np.abs(w).max()).astype(np.int16)
+        params[f"hs{i}_b"] = params[f"hs{i}_b"] // 2**10
+    narrow = IntegerHyperSynthesis(params)
+    assert narrow.dtypes == ["float32"] * len(narrow.layers)
+    wide = IntegerHyperSynthesis(params)
+    for layer in wide._gemms:
+        layer.phases = [(rows, cols, m.astype(np.float64)) for rows, cols, m in layer.phases]
+        layer.bias, layer.dtype = layer.bias.astype(np.float64), np.float64
+    rng = np.random.default_rng(2)
+    for z in (real_hyper_latent(np.asarray(photo), 2), rng.integers(-500, 500, (128, 4, 6))):
+        mu, index = narrow(z)
+        mu64, index64 = wide(z)
+        assert np.array_equal(mu, mu64) and np.array_equal(index, index64)
+        assert np.array_equal(mu * 2.0**narrow.output_frac_bits, reference_prior(narrow, z)[0])
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT / "training"))
 sys.path.insert(0, str(ROOT))
 from model import SCALE_MIN, DCVModel  # noqa: E402
 
-WEIGHT_BITS = 15
-ACTIVATION_BITS = 15  # calibrated maximum maps to 2**15; the runtime clips at 2**16
+WEIGHT_BITS = 15  # at most; fewer where needed for exact float32 GEMMs (quantise_hyper_synthesis)
+ACTIVATION_BITS = 9  # calibrated maximum maps to 2**9 ...
+ACTIVATION_MAX = 2**10 - 1  # ... and the runtime clips at twice that (0.1 % larger files than 15 bits)
 SCALE_TABLE = np.exp(np.linspace(math.log(SCALE_MIN), math.log(256.0), 64))
 TABLE_PRECISION = 2**20
 Z_SEARCH = 512  # hyper-latent support searched for the factorized tables
@@ -65,8 +66,16 @@ def bake_gdn(model: DCVModel) -> None:
 def export_onnx(module: nn.Module, inputs: tuple, names: list[str], outputs: list[str], path: Path) -> None:
     dynamic = {n: {2: "h", 3: "w"} for n in names[:1]}
     dynamic.update({n: {2: "oh", 3: "ow"} for n in outputs})
-    torch.onnx.export(module, inputs, str(path), input_names=names, output_names=outputs,
-                      dynamic_axes=dynamic, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        module,
+        inputs,
+        str(path),
+        input_names=names,
+        output_names=outputs,
+        dynamic_axes=dynamic,
+        opset_version=17,
+        dynamo=False,
+    )
 
 
 def store_weights_fp16(path: Path) -> None:
@@ -95,7 +104,14 @@ def store_weights_fp16(path: Path) -> None:
 
 
 def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor]) -> dict[str, np.ndarray]:
-    """Integer weights (int16 range), power-of-two fixed point, activation ranges from calibration."""
+    """Integer weights and activations, power-of-two fixed point, activation ranges from calibration.
+
+    Each layer gets the most weight bits (up to 15) for which the runtime can prove its float32 GEMMs
+    exact (every partial sum below 2**24); activations carry ACTIVATION_BITS bits at the calibrated
+    maximum and are clipped at ACTIVATION_MAX.
+    """
+    from pillow_dcv.prior import _Layer
+
     layers = [m for m in model.h_s if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     # Per-layer activation maxima after ReLU on calibration data.
     maxima = [0.0] * len(layers)
@@ -105,23 +121,34 @@ def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor])
             for i, layer in enumerate(layers[:-1]):
                 x = torch.relu(layer(x))
                 maxima[i] = max(maxima[i], float(x.max()))
-    params: dict[str, np.ndarray] = {"hs_layers": np.array(len(layers))}
+    params: dict[str, np.ndarray] = {"hs_layers": np.array(len(layers)), "hs_activation_max": np.array(ACTIVATION_MAX)}
     frac_in = 0  # z is an integer
+    input_max = Z_SEARCH
     for i, layer in enumerate(layers):
+        kind = "deconv" if isinstance(layer, nn.ConvTranspose2d) else "conv"
+        last = i == len(layers) - 1
         w = layer.weight.detach().double().numpy()
         b = layer.bias.detach().double().numpy()
-        frac_w = int(math.floor(math.log2((2**WEIGHT_BITS - 1) / max(np.abs(w).max(), 1e-12))))
-        acc_frac = frac_in + frac_w
-        if i < len(layers) - 1:
-            frac_out = int(math.floor(math.log2(2**ACTIVATION_BITS / max(maxima[i], 1e-6))))
-            shift = acc_frac - frac_out
+        frac_out = frac_in if last else int(math.floor(math.log2(2**ACTIVATION_BITS / max(maxima[i], 1e-6))))
+        for bits in range(WEIGHT_BITS, 4, -1):
+            frac_w = int(math.floor(math.log2((2**bits - 1) / max(np.abs(w).max(), 1e-12))))
+            acc_frac = frac_in + frac_w
+            shift = 0 if last else acc_frac - frac_out
+            wq = np.round(w * 2.0**frac_w).astype(np.int16)
+            bq = np.round(b * 2.0**acc_frac).astype(np.int64)
+            gemm = _Layer(kind, wq, bq, shift, last)
+            gemm.choose_dtype(input_max)
+            if gemm.dtype == np.float32:
+                break
         else:
-            frac_out, shift = acc_frac, 0
-        params[f"hs{i}_kind"] = np.array("deconv" if isinstance(layer, nn.ConvTranspose2d) else "conv")
-        params[f"hs{i}_w"] = np.round(w * 2.0**frac_w).astype(np.int16)
-        params[f"hs{i}_b"] = np.round(b * 2.0**acc_frac).astype(np.int64)
+            raise RuntimeError(f"h_s layer {i}: no weight precision keeps the integer prior exact in float32")
+        print(f"h_s layer {i}: {bits}-bit weights, float32 GEMMs")
+        params[f"hs{i}_kind"] = np.array(kind)
+        params[f"hs{i}_w"] = wq
+        params[f"hs{i}_b"] = bq
         params[f"hs{i}_shift"] = np.array(shift)
-        frac_in = frac_out
+        frac_in = acc_frac if last else frac_out
+        input_max = ACTIVATION_MAX
     params["hs_out_frac_bits"] = np.array(frac_in)
     midpoints = np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:])
     params["scale_thresholds"] = np.ceil(midpoints * 2.0**frac_in).astype(np.int64)
@@ -206,8 +233,9 @@ def main() -> None:
     x = torch.rand(1, 3, 128, 192)
     gain = torch.ones(1, m, 1, 1)
     export_onnx(Analysis(model), (x, gain), ["x", "gain"], ["y", "z"], out / "analysis.onnx")
-    export_onnx(Synthesis(model), (torch.rand(1, m, 8, 12), gain), ["y_hat", "inv_gain"], ["x_hat"],
-                out / "synthesis.onnx")
+    export_onnx(
+        Synthesis(model), (torch.rand(1, m, 8, 12), gain), ["y_hat", "inv_gain"], ["x_hat"], out / "synthesis.onnx"
+    )
     for name in ("analysis.onnx", "synthesis.onnx"):
         store_weights_fp16(out / name)
 
@@ -258,8 +286,10 @@ def check(model: DCVModel, out: Path, paths: list[Path], calib_z: list[torch.Ten
             scale, mu = model.h_s(z).chunk(2, 1)
         mu_int, idx = prior(z[0].numpy())
         ref_idx = np.searchsorted(np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:]), scale[0].numpy(), side="right")
-        print(f"integer prior: mu max abs error {np.abs(mu_int - mu[0].numpy()).max():.2e}, "
-              f"scale index agrees on {np.mean(idx == ref_idx) * 100:.2f}%")
+        print(
+            f"integer prior: mu max abs error {np.abs(mu_int - mu[0].numpy()).max():.2e}, "
+            f"scale index agrees on {np.mean(idx == ref_idx) * 100:.2f}%"
+        )
 
 
 if __name__ == "__main__":
