@@ -12,8 +12,11 @@ exact), and scale indices come from integer thresholds. See spec/format.md secti
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
+MatMul = Callable[[np.ndarray, np.ndarray], np.ndarray]
 DEFAULT_ACTIVATION_MAX = 2**16 - 1  # models without `hs_activation_max` (dcv-ms2-s03 and older)
 FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
@@ -64,7 +67,7 @@ class _Layer:
         self.phases = [(rows, cols, m.astype(self.dtype)) for rows, cols, m in self.phases]
         self.bias = self.bias.astype(self.dtype)[:, None]
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, matmul: MatMul) -> np.ndarray:
         c, h, w = x.shape
         xp = np.pad(x.astype(self.dtype, copy=False), ((0, 0), (self.pad, self.pad), (self.pad, self.pad)))
         outs = []
@@ -73,7 +76,7 @@ class _Layer:
             for a, dy in enumerate(rows):
                 for e, dx in enumerate(cols):
                     patches[:, a, e] = xp[:, self.pad + dy : self.pad + dy + h, self.pad + dx : self.pad + dx + w]
-            outs.append(matrix @ patches.reshape(-1, h * w) + self.bias)
+            outs.append(matmul(matrix, patches.reshape(-1, h * w)) + self.bias)
         if self.kind == "conv":
             return outs[0].reshape(self.out_channels, h, w)
         # phase (rh, rw) holds output rows 2j + rh and columns 2i + rw
@@ -89,9 +92,14 @@ def requantise(acc: np.ndarray, shift: int) -> np.ndarray:
 
 
 class IntegerHyperSynthesis:
-    """Layers as exported by training/export.py: (kind, weight, bias, shift) with ReLU between."""
+    """Layers as exported by training/export.py: (kind, weight, bias, shift) with ReLU between.
 
-    def __init__(self, params: dict[str, np.ndarray]) -> None:
+    `matmul` computes the GEMMs (numpy's by default); any correct implementation gives the same
+    integers, which is why the runtime may hand them to onnxruntime's thread pool.
+    """
+
+    def __init__(self, params: dict[str, np.ndarray], matmul: MatMul = np.matmul) -> None:
+        self.matmul = matmul
         count = int(params["hs_layers"])
         self.layers = [
             (str(params[f"hs{i}_kind"]), params[f"hs{i}_w"], params[f"hs{i}_b"], int(params[f"hs{i}_shift"]))
@@ -119,8 +127,8 @@ class IntegerHyperSynthesis:
         """z: (Cz, h, w) integers -> (mu as exact dyadic float64, scale index int64), each (M, 4h, 4w)."""
         x = z
         for layer in self._gemms[:-1]:
-            x = np.clip(requantise(layer(x), layer.shift), 0, self.activation_max)  # ReLU and a hard bound
-        acc = self._gemms[-1](x)
+            x = np.clip(requantise(layer(x, self.matmul), layer.shift), 0, self.activation_max)  # ReLU, bound
+        acc = self._gemms[-1](x, self.matmul)
         scale_acc, mu_acc = np.split(acc, 2, axis=0)
         mu = mu_acc.astype(np.float64) * (2.0**-self.output_frac_bits)
         index = np.searchsorted(self.scale_thresholds, scale_acc.astype(np.int64), side="right")

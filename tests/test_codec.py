@@ -119,6 +119,28 @@ def test_decoding_is_exact_under_other_float_paths(photo, session_args: dict) ->
     assert np.mean(other != reference) < 1e-3
 
 
+@pytest.mark.parametrize(
+    "session_args",
+    [{"optimization": "ORT_DISABLE_ALL", "threads": 1}, {"optimization": "ORT_ENABLE_BASIC", "threads": 2}, None],
+)
+def test_integer_prior_is_exact_under_other_gemms(photo, session_args: dict | None) -> None:
+    """The prior's GEMMs run on onnxruntime; other thread counts, optimisation levels or numpy's BLAS
+    (None) must give the same integers."""
+    from pillow_dcv.prior import IntegerHyperSynthesis
+
+    model = get_model()
+
+    def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return model.session(f"matmul_{a.dtype.name}", **session_args).run(None, {"a": a, "b": b})[0]
+
+    other = IntegerHyperSynthesis(model_prior_params(), matmul=matmul if session_args else np.matmul)
+    for quality in (1, 8):
+        z = real_hyper_latent(np.asarray(photo), quality)
+        mu, index = model.prior(z)
+        mu_o, index_o = other(z)
+        assert np.array_equal(mu, mu_o) and np.array_equal(index, index_o)
+
+
 def test_decoding_survives_noise_on_float_outputs(photo, monkeypatch: pytest.MonkeyPatch) -> None:
     """Perturb the synthesis output slightly: symbols are unaffected, pixels move by at most 1."""
     model = get_model()

@@ -103,6 +103,22 @@ def store_weights_fp16(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def write_matmul_graphs(folder: Path = ROOT / "pillow_dcv" / "gemm") -> None:
+    """The runtime's one-node MatMul graphs (float32 and float64) for the integer prior's GEMMs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir(exist_ok=True)
+    for name, dtype in (("float32", TensorProto.FLOAT), ("float64", TensorProto.DOUBLE)):
+        a = helper.make_tensor_value_info("a", dtype, ["m", "k"])
+        b = helper.make_tensor_value_info("b", dtype, ["k", "n"])
+        c = helper.make_tensor_value_info("c", dtype, ["m", "n"])
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", [a, b], [c])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(folder / f"matmul_{name}.onnx"))
+
+
 def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor]) -> dict[str, np.ndarray]:
     """Integer weights and activations, power-of-two fixed point, activation ranges from calibration.
 
@@ -253,6 +269,7 @@ def main() -> None:
     params["gain"] = model.gain.detach().numpy().astype(np.float32)
     params["inv_gain"] = model.inv_gain.detach().numpy().astype(np.float32)
     np.savez_compressed(out / "prior.npz", **params)
+    write_matmul_graphs()
     meta = {"model_id": args.model_id, "step": step, "hours": round(hours, 2), "config": cfg["model"]}
     (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
     check(model, out, calib_paths[:2], calib_z)
