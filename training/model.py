@@ -107,6 +107,21 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def analysis_transform(m: int, channels: tuple[int, ...]) -> nn.Sequential:
+    """Four strided 5x5 convolutions, each halving the size, with GDN between them.
+
+    Training time is mostly spent here (the symmetric 96-channel transform costs 24k multiply-adds
+    per pixel, 3.6x the light synthesis), so a light analysis widens the channels gradually.
+    """
+    widths = (3, *channels, m)
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers.append(conv(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers.append(GDN(widths[i + 1]))
+    return nn.Sequential(*layers)
+
+
 def synthesis_transform(m: int, channels: tuple[int, ...], kernels: tuple[int, ...]) -> nn.Sequential:
     """Four transposed convolutions, each doubling the size, with inverse GDN between them.
 
@@ -133,12 +148,11 @@ class DCVModel(nn.Module):
         synthesis_channels: tuple[int, ...] | None = None,
         synthesis_kernels: tuple[int, ...] = (5, 5, 5, 5),
         hyper_kernel: int = 3,
+        analysis_channels: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.n, self.m, self.nz, self.nh = n, m, nz, nh
-        self.g_a = nn.Sequential(
-            conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m),
-        )
+        self.g_a = analysis_transform(m, tuple(analysis_channels or (n, n, n)))
         self.g_s = synthesis_transform(m, tuple(synthesis_channels or (n, n, n)), tuple(synthesis_kernels))
         self.h_a = nn.Sequential(
             conv(m, nh, 3, 1), nn.ReLU(), conv(nh, nh), nn.ReLU(), conv(nh, nz),
