@@ -1,6 +1,6 @@
 """Start a lighter analysis transform from a trained model: fit it to the trained analysis's latents.
 
-    python training/experiments/distill_analysis.py --teacher ~/.cache/pillow-dcv/ckpt.pt \
+    python training/experiments/distill_analysis.py --teacher training/weights/dcv-ms2-s04.pt \
         --config training/experiments/light_analysis.toml --steps 1500 --out ~/.cache/pillow-dcv/light-ga.pt
     python training/train.py --config training/experiments/light_analysis.toml \
         --init ~/.cache/pillow-dcv/light-ga.pt --reset-ema
@@ -30,7 +30,7 @@ from train import expand, to_tensor  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--teacher", required=True, help="a train.py checkpoint")
+    ap.add_argument("--teacher", required=True, help="a train.py checkpoint or exported weights (training/weights/)")
     ap.add_argument("--config", required=True, help="the student's config (its [model] differs in g_a)")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -41,13 +41,14 @@ def main() -> None:
     cfg = tomllib.loads(Path(args.config).read_text())
 
     src = torch.load(expand(args.teacher), map_location="cpu")
+    weights = {k: v.float() for k, v in (src.get("state_dict") or src["model"]).items()}  # weights file or checkpoint
     teacher = DCVModel(**src["config"]["model"])
-    teacher.load_state_dict(src["model"])
+    teacher.load_state_dict(weights)
     teacher.requires_grad_(False).eval()
     student = DCVModel(**cfg["model"])
     own = student.state_dict()
     student.load_state_dict(
-        {k: v for k, v in src["model"].items() if not k.startswith("g_a.") and own[k].shape == v.shape}, strict=False
+        {k: v for k, v in weights.items() if not k.startswith("g_a.") and own[k].shape == v.shape}, strict=False
     )
     student.g_a.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(student.g_a.parameters(), lr=args.lr)
@@ -70,7 +71,7 @@ def main() -> None:
             print(f"step {step} relative MSE {sum(window) / len(window):.4f} ({time.time() - t0:.0f} s)", flush=True)
             window.clear()
     torch.save(
-        {"config": cfg, "state_dict": student.state_dict(), "step": src["step"], "hours": src["hours"]},
+        {"config": cfg, "state_dict": student.state_dict(), "step": src.get("step", 0), "hours": src.get("hours", 0.0)},
         expand(args.out),
     )
     print(f"wrote {args.out}")
