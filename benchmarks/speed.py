@@ -66,18 +66,7 @@ print(json.dumps({"what": what, "mpx": mpx, "ms_per_mpx": dt * 1000 / mpx, "seco
 
 
 def measure(path: Path, size: tuple[int, int], quality: float, threads: int, what: str, coded: Path) -> dict:
-    args = [
-        sys.executable,
-        "-c",
-        CHILD,
-        str(path),
-        str(size[0]),
-        str(size[1]),
-        str(quality),
-        str(threads),
-        what,
-        str(coded),
-    ]
+    args = [sys.executable, "-c", CHILD, *map(str, (path, *size, quality, threads, what, coded))]
     out = subprocess.run(args, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -35,8 +35,8 @@ class _Layer:
 
     def __init__(self, kind: str, w: np.ndarray, b: np.ndarray, shift: int, last: bool) -> None:
         self.kind, self.shift, self.last = kind, shift, last
+        k = w.shape[-1]
         if kind == "deconv":
-            k = w.shape[-1]
             self.out_channels = w.shape[1]
             self.phases = []  # ((row offsets), (column offsets), matrix) for phases (0,0), (0,1), (1,0), (1,1)
             for rh in (0, 1):
@@ -46,21 +46,20 @@ class _Layer:
                     matrix = taps.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)
                     self.phases.append(([s for _, s in th], [s for _, s in tw], matrix))
             self.pad = max(abs(s) for r in (0, 1) for _, s in _phase_taps(k, r))
-            self.row_l1 = max(np.abs(m.astype(np.int64)).sum(axis=1).max() for _, _, m in self.phases)
         else:
-            k = w.shape[-1]
             self.out_channels = w.shape[0]
             offsets = [a - k // 2 for a in range(k)]
             self.phases = [(offsets, offsets, w.reshape(self.out_channels, -1))]
             self.pad = k // 2
-            self.row_l1 = np.abs(w.astype(np.int64)).reshape(self.out_channels, -1).sum(axis=1).max()
+        # the largest sum of |weights| that reaches one output
+        self.row_l1 = max(int(np.abs(m.astype(np.int64)).sum(axis=1).max()) for _, _, m in self.phases)
         self.bias = b
         self.dtype = np.float64
 
     def choose_dtype(self, input_max: int) -> None:
         """float32 when |every partial sum| < 2**24: sum|w| * max|x| + |bias| + rounding offset."""
         rounding = 2 ** (self.shift - 1) if self.shift > 0 and not self.last else 0
-        bound = int(self.row_l1) * input_max + int(np.abs(self.bias).max()) + rounding
+        bound = self.row_l1 * input_max + int(np.abs(self.bias).max()) + rounding
         if bound >= FLOAT64_EXACT:
             raise ValueError("integer prior: accumulator bound exceeds 2**53")
         self.dtype = np.float32 if bound < FLOAT32_EXACT else np.float64

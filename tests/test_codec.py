@@ -82,8 +82,9 @@ def test_integer_prior_does_not_depend_on_summation_order(photo) -> None:
     assert np.array_equal(mu, mu_p) and np.array_equal(index, index_p)
 
 
-def test_integer_prior_float32_and_float64_agree(photo) -> None:
+def test_integer_prior_float32_and_float64_agree(photo, monkeypatch: pytest.MonkeyPatch) -> None:
     """Layers proven exact in float32 give what float64 (exact for any model) gives."""
+    from pillow_dcv import prior as prior_module
     from pillow_dcv.prior import IntegerHyperSynthesis
 
     params = model_prior_params()  # narrowed to 8-bit weights so that every layer qualifies for float32
@@ -94,10 +95,9 @@ def test_integer_prior_float32_and_float64_agree(photo) -> None:
         params[f"hs{i}_b"] = params[f"hs{i}_b"] // 2**10
     narrow = IntegerHyperSynthesis(params)
     assert narrow.dtypes == ["float32"] * len(narrow.layers)
+    monkeypatch.setattr(prior_module, "FLOAT32_EXACT", 0)  # no layer qualifies: all float64
     wide = IntegerHyperSynthesis(params)
-    for layer in wide._gemms:
-        layer.phases = [(rows, cols, m.astype(np.float64)) for rows, cols, m in layer.phases]
-        layer.bias, layer.dtype = layer.bias.astype(np.float64), np.float64
+    assert wide.dtypes == ["float64"] * len(wide.layers)
     rng = np.random.default_rng(2)
     for z in (real_hyper_latent(np.asarray(photo), 2), rng.integers(-500, 500, (128, 4, 6))):
         mu, index = narrow(z)
