@@ -16,6 +16,7 @@ import numpy as np
 
 from . import container, entropy
 from .models import DEFAULT_MODEL, Model, get_model
+from .prior import anchor_mask
 
 DOWNSAMPLING = 64  # g_a (x16) then h_a (x4): tiles are padded to a multiple of this
 DEFAULT_TILE_SIZE = 1024
@@ -136,14 +137,31 @@ def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: n
     z = z[0, :, (y0 - wy0) // d : (y1 - wy0) // d, (x0 - wx0) // d : (x1 - wx0) // d]
     z_channel = np.broadcast_to(np.arange(z.shape[0])[:, None, None], z.shape)
     z_sym = model.z_tables.clamp(np.rint(z).astype(np.int64), z_channel)
-    mu, scale_index = model.prior(z_sym)
-    y_sym = model.y_tables.clamp(np.rint(y.astype(np.float64) - mu).astype(np.int64), scale_index)
+    y = y.astype(np.float64)
+    acc = model.prior.hyper(z_sym)
+    if model.prior.has_context:  # the anchors' symbols, around the hyperprior's means, give the context
+        acc = model.prior.context(acc, quantise_latent(model, y, acc))
+    y_sym = quantise_latent(model, y, acc)
+    _, scale_index = model.prior.tables(acc)
     return {
         "index": index,
         "symbols_crc": symbols_crc(z_sym, y_sym),
-        "z_stream": entropy.encode(z_sym, z_channel, model.z_tables),
-        "y_stream": entropy.encode(y_sym, scale_index, model.y_tables),
+        "z_stream": entropy.encode([(z_sym, z_channel)], model.z_tables),
+        "y_stream": entropy.encode(latent_parts(model, y_sym, scale_index), model.y_tables),
     }
+
+
+def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    mu, scale_index = model.prior.tables(acc)
+    return model.y_tables.clamp(np.rint(y - mu).astype(np.int64), scale_index)
+
+
+def latent_parts(model: Model, y_sym: np.ndarray, scale_index: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The y stream's parts: the anchors, then the rest, for a model with a checkerboard context."""
+    if not model.prior.has_context:
+        return [(y_sym, scale_index)]
+    anchor = np.broadcast_to(anchor_mask(*y_sym.shape[1:]), y_sym.shape)
+    return [(y_sym[anchor], scale_index[anchor]), (y_sym[~anchor], scale_index[~anchor])]
 
 
 def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray:
@@ -153,12 +171,24 @@ def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray
     z_channel = np.broadcast_to(np.arange(cz)[:, None, None], z_shape)
     try:
         z_sym = entropy.decode(tile["z_stream"], z_channel, model.z_tables).reshape(z_shape)
-        mu, scale_index = model.prior(z_sym)
-        y_sym = entropy.decode(tile["y_stream"], scale_index, model.y_tables).reshape(scale_index.shape)
+        acc = model.prior.hyper(z_sym)
+        _, scale_index = model.prior.tables(acc)
+        stream = entropy.Decoder(tile["y_stream"])
+        if model.prior.has_context:
+            y_sym = np.zeros(scale_index.shape, dtype=np.int64)
+            anchor = np.broadcast_to(anchor_mask(*y_sym.shape[1:]), y_sym.shape)
+            y_sym[anchor] = stream.decode(scale_index[anchor], model.y_tables)
+            acc = model.prior.context(acc, y_sym)
+            _, scale_index = model.prior.tables(acc)
+            y_sym[~anchor] = stream.decode(scale_index[~anchor], model.y_tables)
+        else:
+            y_sym = stream.decode(scale_index, model.y_tables).reshape(scale_index.shape)
+        stream.finish()
     except (ValueError, RuntimeError, OverflowError) as e:
         raise CorruptFileError(f"damaged entropy-coded data in tile {tile['index']}: {e}") from None
     if symbols_crc(z_sym, y_sym) != tile["symbols_crc"]:
         raise CorruptFileError(f"tile {tile['index']}: decoded symbols do not match their checksum")
+    mu, _ = model.prior.tables(acc)
     return (y_sym + mu).astype(np.float32)
 
 

@@ -3,7 +3,8 @@
 Every table is a vector of integer counts (>= 1) stored in the model file, so the coded stream
 depends only on integers: the same bytes on every machine. Symbols that share a table are coded
 in one call; the decoder knows each symbol's table from the (integer-exact) prior and groups the
-same way.
+same way. A stream may hold several parts (the checkerboard's anchors, then the rest), decoded
+in order because the tables of a part depend on the symbols of the parts before it.
 """
 
 from __future__ import annotations
@@ -54,35 +55,50 @@ def _groups(table: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
     return order, groups.tolist(), bounds
 
 
-def encode(symbols: np.ndarray, table: np.ndarray, tables: Tables) -> bytes:
-    """Code ``symbols`` (already inside their supports) where symbol i uses table ``table[i]``."""
+def encode(parts: list[tuple[np.ndarray, np.ndarray]], tables: Tables) -> bytes:
+    """Code parts ``(symbols, table)`` (symbols already inside their supports, symbol i of a part
+    uses table ``table[i]``) into one stream, from which :class:`Decoder` reads them in order."""
     c = _constriction()
     coder = c.stream.stack.AnsCoder()
-    symbols = symbols.ravel()
-    table = table.ravel()
-    order, groups, bounds = _groups(table)
-    # ANS is a stack: push the groups in reverse so the decoder pops them in ascending order.
-    for g in range(len(groups) - 1, -1, -1):
-        k = groups[g]
-        chosen = symbols[order[bounds[g] : bounds[g + 1]]] - tables.offsets[k]
-        coder.encode_reverse(chosen.astype(np.int32), tables.model(k))
+    # ANS is a stack: push everything in reverse so the decoder pops parts and groups in order.
+    for symbols, table in reversed(parts):
+        symbols = symbols.ravel()
+        order, groups, bounds = _groups(table.ravel())
+        for g in range(len(groups) - 1, -1, -1):
+            k = groups[g]
+            chosen = symbols[order[bounds[g] : bounds[g + 1]]] - tables.offsets[k]
+            coder.encode_reverse(chosen.astype(np.int32), tables.model(k))
     return coder.get_compressed().astype("<u4").tobytes()
 
 
+class Decoder:
+    """Reads the parts of one stream in order: a part's tables may depend on the parts before it.
+    Raises ``ValueError`` on a stream that is not well formed."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) % 4:
+            raise ValueError("entropy-coded stream is not a whole number of 32-bit words")
+        words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        self._coder = _constriction().stream.stack.AnsCoder(words)
+
+    def decode(self, table: np.ndarray, tables: Tables) -> np.ndarray:
+        table = table.ravel()
+        out = np.empty(table.shape, dtype=np.int64)
+        order, groups, bounds = _groups(table)
+        for g, k in enumerate(groups):
+            n = bounds[g + 1] - bounds[g]
+            values = self._coder.decode(tables.model(k), n)
+            out[order[bounds[g] : bounds[g + 1]]] = values.astype(np.int64) + tables.offsets[k]
+        return out
+
+    def finish(self) -> None:
+        if not self._coder.is_empty():
+            raise ValueError("entropy-coded stream has data left over")
+
+
 def decode(data: bytes, table: np.ndarray, tables: Tables) -> np.ndarray:
-    """Inverse of :func:`encode`; raises ``ValueError`` on a stream that is not well formed."""
-    if len(data) % 4:
-        raise ValueError("entropy-coded stream is not a whole number of 32-bit words")
-    c = _constriction()
-    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-    coder = c.stream.stack.AnsCoder(words)
-    table = table.ravel()
-    out = np.empty(table.shape, dtype=np.int64)
-    order, groups, bounds = _groups(table)
-    for g, k in enumerate(groups):
-        n = bounds[g + 1] - bounds[g]
-        values = coder.decode(tables.model(k), n)
-        out[order[bounds[g] : bounds[g + 1]]] = values.astype(np.int64) + tables.offsets[k]
-    if not coder.is_empty():
-        raise ValueError("entropy-coded stream has data left over")
+    """A stream of one part."""
+    decoder = Decoder(data)
+    out = decoder.decode(table, tables)
+    decoder.finish()
     return out

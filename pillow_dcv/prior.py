@@ -29,6 +29,15 @@ def _phase_taps(k: int, r: int) -> list[tuple[int, int]]:
     return [(t, (r + p - t) // 2) for t in range(k) if (t - r - p) % 2 == 0]
 
 
+def exact_dtype(row_l1: int, input_max: int, bias: np.ndarray, shift: int, last: bool) -> type:
+    """float32 when |every partial sum| < 2**24: sum|w| * max|x| + |bias| + rounding offset."""
+    rounding = 2 ** (shift - 1) if shift > 0 and not last else 0
+    bound = row_l1 * input_max + int(np.abs(bias).max()) + rounding
+    if bound >= FLOAT64_EXACT:
+        raise ValueError("integer prior: accumulator bound exceeds 2**53")
+    return np.float32 if bound < FLOAT32_EXACT else np.float64
+
+
 class _Layer:
     """One layer as im2col GEMMs. A stride-2 transposed convolution is split into its four output
     phases (polyphase): each is an ordinary convolution of the input, so no output is scattered."""
@@ -57,12 +66,7 @@ class _Layer:
         self.dtype = np.float64
 
     def choose_dtype(self, input_max: int) -> None:
-        """float32 when |every partial sum| < 2**24: sum|w| * max|x| + |bias| + rounding offset."""
-        rounding = 2 ** (self.shift - 1) if self.shift > 0 and not self.last else 0
-        bound = self.row_l1 * input_max + int(np.abs(self.bias).max()) + rounding
-        if bound >= FLOAT64_EXACT:
-            raise ValueError("integer prior: accumulator bound exceeds 2**53")
-        self.dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
+        self.dtype = exact_dtype(self.row_l1, input_max, self.bias, self.shift, self.last)
         self.phases = [(rows, cols, m.astype(self.dtype)) for rows, cols, m in self.phases]
         self.bias = self.bias.astype(self.dtype)[:, None]
 
@@ -90,11 +94,49 @@ def requantise(acc: np.ndarray, shift: int) -> np.ndarray:
     return np.floor((acc + acc.dtype.type(2 ** (shift - 1))) * acc.dtype.type(2.0**-shift))
 
 
-class IntegerHyperSynthesis:
-    """Layers as exported by training/export.py: (kind, weight, bias, shift) with ReLU between.
+def anchor_mask(h: int, w: int) -> np.ndarray:
+    """Checkerboard: positions (i + j) even are anchors, coded before the others."""
+    return (np.add.outer(np.arange(h), np.arange(w)) % 2) == 0
 
-    `matmul` computes the GEMMs (numpy's by default); any correct implementation gives the same
-    integers, which is why the runtime may hand them to onnxruntime's thread pool.
+
+def checkerboard_taps(k: int) -> list[tuple[int, int]]:
+    """Offsets of a k x k kernel that reach anchors from a non-anchor: (dy + dx) odd."""
+    r = range(-(k // 2), k // 2 + 1)
+    return [(dy, dx) for dy in r for dx in r if (dy + dx) % 2]
+
+
+class _CheckerboardConv:
+    """A k x k convolution over the anchors, evaluated at the non-anchor positions only: just the
+    taps with (dy + dx) odd see an anchor, so the GEMM has half the taps and a quarter of the work."""
+
+    def __init__(self, w: np.ndarray, b: np.ndarray, shift: int, input_max: int) -> None:
+        self.shift = shift
+        self.pad = w.shape[-1] // 2
+        self.taps = checkerboard_taps(w.shape[-1])
+        taps = np.stack([w[:, :, self.pad + dy, self.pad + dx] for dy, dx in self.taps], axis=2)  # (O, C, T)
+        matrix = taps.reshape(w.shape[0], -1)
+        row_l1 = int(np.abs(matrix.astype(np.int64)).sum(axis=1).max())
+        self.dtype = exact_dtype(row_l1, input_max, b, shift, last=False)
+        self.matrix = matrix.astype(self.dtype)
+        self.bias = b.astype(self.dtype)[:, None]
+
+    def __call__(self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, matmul: MatMul) -> np.ndarray:
+        """x: (C, h, w) with zeros off the anchors -> (O, n) at the n positions (rows, cols)."""
+        p = self.pad
+        xp = np.pad(x.astype(self.dtype, copy=False), ((0, 0), (p, p), (p, p)))
+        patches = np.stack([xp[:, rows + p + dy, cols + p + dx] for dy, dx in self.taps], axis=1)  # (C, T, n)
+        return matmul(self.matrix, patches.reshape(-1, len(rows))) + self.bias
+
+
+class IntegerHyperSynthesis:
+    """The integer prior as exported by training/export.py: hyper-synthesis layers (kind, weight,
+    bias, shift) with ReLU between, and for models with a checkerboard context model, two context
+    layers whose output corrects the means and scales of the non-anchor positions.
+
+    Every step is on integers: `hyper` and `context` return int64 accumulators in units of
+    2**-output_frac_bits, `tables` turns them into means and scale indices. `matmul` computes the
+    GEMMs (numpy's by default); any correct implementation gives the same integers, which is why
+    the runtime may hand them to onnxruntime's thread pool.
     """
 
     def __init__(self, params: dict[str, np.ndarray], matmul: MatMul = np.matmul) -> None:
@@ -117,18 +159,55 @@ class IntegerHyperSynthesis:
             layer.choose_dtype(input_max)
             self._gemms.append(layer)
             input_max = self.activation_max
+        self.has_context = "ctx_input_shift" in params
+        if self.has_context:
+            self.context_input_shift = int(params["ctx_input_shift"])
+            self._context_conv = _CheckerboardConv(
+                params["ctx0_w"], params["ctx0_b"], int(params["ctx0_shift"]), self.activation_max
+            )
+            self._context_head = _Layer("conv", params["ctx1_w"], params["ctx1_b"], int(params["ctx1_shift"]), False)
+            self._context_head.choose_dtype(self.activation_max)
 
     @property
     def dtypes(self) -> list[str]:
-        return [layer.dtype.__name__ for layer in self._gemms]
+        layers = self._gemms + ([self._context_conv, self._context_head] if self.has_context else [])
+        return [layer.dtype.__name__ for layer in layers]
 
     def __call__(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """z: (Cz, h, w) integers -> (mu as exact dyadic float64, scale index int64), each (M, 4h, 4w)."""
+        """z: (Cz, h, w) integers -> the hyperprior's (mu, scale index), each (M, 4h, 4w)."""
+        return self.tables(self.hyper(z))
+
+    def hyper(self, z: np.ndarray) -> np.ndarray:
+        """z: (Cz, h, w) integers -> int64 accumulators (2M, 4h, 4w): scales, then means."""
         x = z
         for layer in self._gemms[:-1]:
             x = np.clip(requantise(layer(x, self.matmul), layer.shift), 0, self.activation_max)  # ReLU, bound
-        acc = self._gemms[-1](x, self.matmul)
+        return self._gemms[-1](x, self.matmul).astype(np.int64)
+
+    def tables(self, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Accumulators -> (mu as exact dyadic float64, scale index int64)."""
         scale_acc, mu_acc = np.split(acc, 2, axis=0)
         mu = mu_acc.astype(np.float64) * (2.0**-self.output_frac_bits)
-        index = np.searchsorted(self.scale_thresholds, scale_acc.astype(np.int64), side="right")
+        index = np.searchsorted(self.scale_thresholds, scale_acc, side="right")
         return mu, index.astype(np.int64)
+
+    def context(self, acc: np.ndarray, y_sym: np.ndarray) -> np.ndarray:
+        """Accumulators with the non-anchor positions corrected from the anchors' symbols.
+
+        The decoded anchors y_hat = symbol + mu, in fixed point (exact), are rounded to
+        2**-ctx_input_shift of that precision and clipped; values off the anchors are ignored.
+        """
+        m, h, w = y_sym.shape
+        anchor = anchor_mask(h, w)
+        y_fixed = (y_sym.astype(np.int64) << self.output_frac_bits) + acc[m:]
+        s = self.context_input_shift
+        x = (y_fixed + (1 << (s - 1))) >> s if s > 0 else y_fixed
+        x = np.where(anchor, np.clip(x, -self.activation_max, self.activation_max), 0)
+        rows, cols = np.nonzero(~anchor)
+        hidden = self._context_conv(x, rows, cols, self.matmul)
+        hidden = np.clip(requantise(hidden, self._context_conv.shift), 0, self.activation_max)
+        head = self._context_head  # a 1x1 convolution: the n positions as an n x 1 image
+        correction = requantise(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift)
+        out = acc.copy()
+        out[:, rows, cols] += correction.astype(np.int64)
+        return out

@@ -45,12 +45,46 @@ def reference_prior(prior, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu_acc, np.searchsorted(prior.scale_thresholds, scale_acc, side="right")
 
 
-def real_hyper_latent(pixels: np.ndarray, quality: float = 4) -> np.ndarray:
+def reference_context(params: dict[str, np.ndarray], prior, acc: np.ndarray, y_sym: np.ndarray) -> np.ndarray:
+    """The context correction in plain int64 arithmetic, as a dense convolution over the whole
+    latent with the non-anchors zeroed (their taps multiply zeros): no gathering, no floats."""
+    m, h, w = y_sym.shape
+    anchor = (np.add.outer(np.arange(h), np.arange(w)) % 2) == 0
+    s = int(params["ctx_input_shift"])
+    y_fixed = y_sym * (1 << prior.output_frac_bits) + acc[m:]
+    x = np.clip((y_fixed + (1 << (s - 1))) >> s, -prior.activation_max, prior.activation_max) * anchor
+    w0, b0 = params["ctx0_w"].astype(np.int64), params["ctx0_b"].astype(np.int64)
+    k = w0.shape[-1]
+    xp = np.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2)))
+    hidden = np.broadcast_to(b0[:, None, None], (len(b0), h, w)).copy()
+    for i in range(k):
+        for j in range(k):
+            hidden += np.einsum("oc,chw->ohw", w0[:, :, i, j], xp[:, i : i + h, j : j + w])
+    shift = int(params["ctx0_shift"])
+    hidden = np.clip((hidden + (1 << (shift - 1))) >> shift, 0, prior.activation_max)
+    out = np.einsum("oc,chw->ohw", params["ctx1_w"][:, :, 0, 0].astype(np.int64), hidden)
+    out += params["ctx1_b"].astype(np.int64)[:, None, None]
+    shift = int(params["ctx1_shift"])
+    out = (out + (1 << (shift - 1))) >> shift if shift > 0 else out << -shift
+    return np.where(anchor, acc, acc + out)
+
+
+def real_latents(pixels: np.ndarray, quality: float = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(y as float64, z as clamped integers) of an image, as the encoder computes them."""
     model = get_model()
     x = codec.pad_to_multiple(pixels, 64).astype(np.float32).transpose(2, 0, 1)[None] / 255
-    _, z = model.analysis(np.ascontiguousarray(x), model.gains(quality)[0])
+    y, z = model.analysis(np.ascontiguousarray(x), model.gains(quality)[0])
     channel = np.broadcast_to(np.arange(z.shape[1])[:, None, None], z.shape[1:])
-    return model.z_tables.clamp(np.rint(z[0]).astype(np.int64), channel)
+    return y[0].astype(np.float64), model.z_tables.clamp(np.rint(z[0]).astype(np.int64), channel)
+
+
+def real_hyper_latent(pixels: np.ndarray, quality: float = 4) -> np.ndarray:
+    return real_latents(pixels, quality)[1]
+
+
+def anchor_symbols(prior, y: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    mu, index = prior.tables(acc)
+    return get_model().y_tables.clamp(np.rint(y - mu).astype(np.int64), index)
 
 
 def test_integer_prior_matches_pure_integer_arithmetic(photo) -> None:
@@ -61,6 +95,26 @@ def test_integer_prior_matches_pure_integer_arithmetic(photo) -> None:
         mu_ref, index_ref = reference_prior(prior, z)
         assert np.array_equal(mu * 2.0**prior.output_frac_bits, mu_ref.astype(np.float64))
         assert np.array_equal(index, index_ref)
+
+
+needs_context = pytest.mark.skipif(not get_model().prior.has_context, reason="model without a context model")
+
+
+@needs_context
+@pytest.mark.parametrize("quality", [1, 8])
+def test_context_matches_pure_integer_arithmetic(photo, quality: float) -> None:
+    prior, params = get_model().prior, model_prior_params()
+    y, z = real_latents(np.asarray(photo), quality)
+    acc = prior.hyper(z)
+    y_sym = anchor_symbols(prior, y, acc)
+    corrected = prior.context(acc, y_sym)
+    assert np.array_equal(corrected, reference_context(params, prior, acc, y_sym))
+    anchor = np.add.outer(np.arange(acc.shape[1]), np.arange(acc.shape[2])) % 2 == 0
+    assert np.array_equal(corrected[:, anchor], acc[:, anchor])  # anchors keep the hyperprior's tables
+    assert np.mean(corrected[:, ~anchor] != acc[:, ~anchor]) > 0.5
+    # symbols far outside the usual range hit the input clip, identically
+    wild = np.random.default_rng(4).integers(-3000, 3000, y_sym.shape)
+    assert np.array_equal(prior.context(acc, wild), reference_context(params, prior, acc, wild))
 
 
 def model_prior_params() -> dict[str, np.ndarray]:
@@ -87,23 +141,32 @@ def test_integer_prior_float32_and_float64_agree(photo, monkeypatch: pytest.Monk
     from pillow_dcv import prior as prior_module
     from pillow_dcv.prior import IntegerHyperSynthesis
 
-    params = model_prior_params()  # narrowed to 8-bit weights so that every layer qualifies for float32
+    params = model_prior_params()  # narrowed weights, so that every layer qualifies for float32
     params["hs_activation_max"] = np.array(1023)
-    for i in range(int(params["hs_layers"])):
-        w = params[f"hs{i}_w"].astype(np.float64)
-        params[f"hs{i}_w"] = np.round(w * 127 / np.abs(w).max()).astype(np.int16)
-        params[f"hs{i}_b"] = params[f"hs{i}_b"] // 2**10
+    narrowed = [(f"hs{i}", 127) for i in range(int(params["hs_layers"]))]
+    if "ctx0_w" in params:
+        narrowed += [("ctx0", 7), ("ctx1", 127)]
+    for name, largest in narrowed:
+        w = params[f"{name}_w"].astype(np.float64)
+        params[f"{name}_w"] = np.round(w * largest / np.abs(w).max()).astype(np.int16)
+        params[f"{name}_b"] = params[f"{name}_b"] // 2**10
     narrow = IntegerHyperSynthesis(params)
-    assert narrow.dtypes == ["float32"] * len(narrow.layers)
+    assert narrow.dtypes == ["float32"] * len(narrowed)
     monkeypatch.setattr(prior_module, "FLOAT32_EXACT", 0)  # no layer qualifies: all float64
     wide = IntegerHyperSynthesis(params)
-    assert wide.dtypes == ["float64"] * len(wide.layers)
+    assert wide.dtypes == ["float64"] * len(narrowed)
     rng = np.random.default_rng(2)
-    for z in (real_hyper_latent(np.asarray(photo), 2), rng.integers(-500, 500, (128, 4, 6))):
-        mu, index = narrow(z)
-        mu64, index64 = wide(z)
-        assert np.array_equal(mu, mu64) and np.array_equal(index, index64)
-        assert np.array_equal(mu * 2.0**narrow.output_frac_bits, reference_prior(narrow, z)[0])
+    _, z_real = real_latents(np.asarray(photo), 2)
+    for z in (z_real, rng.integers(-500, 500, (128, 4, 6))):
+        acc, acc64 = narrow.hyper(z), wide.hyper(z)
+        assert np.array_equal(acc, acc64)
+        assert np.array_equal(np.split(acc, 2)[1], reference_prior(narrow, z)[0])
+        if not narrow.has_context:
+            continue
+        y_sym = rng.integers(-20, 20, (acc.shape[0] // 2, *acc.shape[1:]))
+        corrected = narrow.context(acc, y_sym)
+        assert np.array_equal(corrected, wide.context(acc, y_sym))
+        assert np.array_equal(corrected, reference_context(params, narrow, acc, y_sym))
 
 
 @pytest.mark.parametrize(
@@ -135,10 +198,12 @@ def test_integer_prior_is_exact_under_other_gemms(photo, session_args: dict | No
 
     other = IntegerHyperSynthesis(model_prior_params(), matmul=matmul if session_args else np.matmul)
     for quality in (1, 8):
-        z = real_hyper_latent(np.asarray(photo), quality)
-        mu, index = model.prior(z)
-        mu_o, index_o = other(z)
-        assert np.array_equal(mu, mu_o) and np.array_equal(index, index_o)
+        y, z = real_latents(np.asarray(photo), quality)
+        acc = model.prior.hyper(z)
+        assert np.array_equal(acc, other.hyper(z))
+        if model.prior.has_context:
+            y_sym = anchor_symbols(model.prior, y, acc)
+            assert np.array_equal(model.prior.context(acc, y_sym), other.context(acc, y_sym))
 
 
 def test_decoding_survives_noise_on_float_outputs(photo, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,16 +227,15 @@ def test_decoding_survives_noise_on_float_outputs(photo, monkeypatch: pytest.Mon
 def test_flipped_scale_index_is_reported_not_shown(photo, monkeypatch: pytest.MonkeyPatch) -> None:
     model = get_model()
     data, info = encode(np.asarray(photo), 4)
-    original = model.prior
+    original = model.prior.tables
 
-    class OffByOne:
-        def __call__(self, z):
-            mu, index = original(z)
-            index = index.copy()
-            index.flat[index.size // 2] = min(index.flat[index.size // 2] + 1, 63)
-            return mu, index
+    def off_by_one(acc):
+        mu, index = original(acc)
+        index = index.copy()
+        index.flat[index.size // 2] = min(index.flat[index.size // 2] + 1, 63)
+        return mu, index
 
-    monkeypatch.setattr(model, "prior", OffByOne())
+    monkeypatch.setattr(model.prior, "tables", off_by_one)
     with pytest.raises(OSError, match="checksum|damaged"):
         codec.decode(io.BytesIO(data), info)
 
@@ -182,10 +246,29 @@ def test_entropy_coder_roundtrip_and_clamping() -> None:
     index = rng.integers(0, len(tables.offsets), 5000)
     symbols = tables.clamp(np.rint(rng.normal(0, 3, 5000)).astype(np.int64) * 50, index)
     assert np.all(symbols >= tables.lows[index]) and np.all(symbols <= tables.highs[index])
-    data = entropy.encode(symbols, index, tables)
+    data = entropy.encode([(symbols, index)], tables)
     assert np.array_equal(entropy.decode(data, index, tables), symbols)
     with pytest.raises(ValueError):
         entropy.decode(data[:-3], index, tables)
+
+
+def test_entropy_stream_parts_decode_in_order() -> None:
+    """The checkerboard's two parts share one stream; the decoder reads them one after the other."""
+    tables = get_model().y_tables
+    rng = np.random.default_rng(5)
+    parts = []
+    for n in (700, 300):
+        index = rng.integers(0, len(tables.offsets), n)
+        parts.append((tables.clamp(np.rint(rng.normal(0, 4, n)).astype(np.int64), index), index))
+    data = entropy.encode(parts, tables)
+    decoder = entropy.Decoder(data)
+    for symbols, index in parts:
+        assert np.array_equal(decoder.decode(index, tables), symbols)
+    decoder.finish()
+    decoder = entropy.Decoder(data)
+    decoder.decode(parts[0][1], tables)
+    with pytest.raises(ValueError, match="left over"):
+        decoder.finish()
 
 
 def test_quality_ladder_is_monotone(sample) -> None:

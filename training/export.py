@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "training"))
 sys.path.insert(0, str(ROOT))
-from model import SCALE_MIN, DCVModel  # noqa: E402
+from model import SCALE_MIN, DCVModel, anchor_mask  # noqa: E402
 
 WEIGHT_BITS = 15  # at most; fewer where needed for exact float32 GEMMs (quantise_hyper_synthesis)
 ACTIVATION_BITS = 9  # calibrated maximum maps to 2**9 ...
@@ -119,15 +120,23 @@ def write_matmul_graphs(folder: Path = ROOT / "pillow_dcv" / "gemm") -> None:
         onnx.save(model, str(folder / f"matmul_{name}.onnx"))
 
 
+def hyper_layer(kind, b, frac_in, frac_out, last, input_max, wq, frac_w):
+    """A quantised hyper-synthesis layer as the runtime builds it (its dtype is what matters here)."""
+    from pillow_dcv.prior import _Layer
+
+    bq = np.round(b * 2.0 ** (frac_in + frac_w)).astype(np.int64)
+    gemm = _Layer(kind, wq, bq, 0 if last else frac_in + frac_w - frac_out, last)
+    gemm.choose_dtype(input_max)
+    return gemm
+
+
 def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor]) -> dict[str, np.ndarray]:
     """Integer weights and activations, power-of-two fixed point, activation ranges from calibration.
 
     Each layer gets the most weight bits (up to 15) for which the runtime can prove its float32 GEMMs
-    exact (every partial sum below 2**24); activations carry ACTIVATION_BITS bits at the calibrated
-    maximum and are clipped at ACTIVATION_MAX.
+    exact (quantise_weights); activations carry ACTIVATION_BITS bits at the calibrated maximum and
+    are clipped at ACTIVATION_MAX.
     """
-    from pillow_dcv.prior import _Layer
-
     layers = [m for m in model.h_s if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     # Per-layer activation maxima after ReLU on calibration data.
     maxima = [0.0] * len(layers)
@@ -146,19 +155,11 @@ def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor])
         w = layer.weight.detach().double().numpy()
         b = layer.bias.detach().double().numpy()
         frac_out = frac_in if last else int(math.floor(math.log2(2**ACTIVATION_BITS / max(maxima[i], 1e-6))))
-        for bits in range(WEIGHT_BITS, 4, -1):
-            frac_w = int(math.floor(math.log2((2**bits - 1) / max(np.abs(w).max(), 1e-12))))
-            acc_frac = frac_in + frac_w
-            shift = 0 if last else acc_frac - frac_out
-            wq = np.round(w * 2.0**frac_w).astype(np.int16)
-            bq = np.round(b * 2.0**acc_frac).astype(np.int64)
-            gemm = _Layer(kind, wq, bq, shift, last)
-            gemm.choose_dtype(input_max)
-            if gemm.dtype == np.float32:
-                break
-        else:
-            raise RuntimeError(f"h_s layer {i}: no weight precision keeps the integer prior exact in float32")
-        print(f"h_s layer {i}: {bits}-bit weights, float32 GEMMs")
+        build = partial(hyper_layer, kind, b, frac_in, frac_out, last, input_max)
+        wq, frac_w = quantise_weights(w, build, f"h_s layer {i}")
+        acc_frac = frac_in + frac_w
+        shift = 0 if last else acc_frac - frac_out
+        bq = np.round(b * 2.0**acc_frac).astype(np.int64)
         params[f"hs{i}_kind"] = np.array(kind)
         params[f"hs{i}_w"] = wq
         params[f"hs{i}_b"] = bq
@@ -169,6 +170,73 @@ def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor])
     midpoints = np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:])
     params["scale_thresholds"] = np.ceil(midpoints * 2.0**frac_in).astype(np.int64)
     return params
+
+
+def quantise_weights(w: np.ndarray, build, name: str) -> tuple[np.ndarray, int]:
+    """The most weight bits (up to WEIGHT_BITS) for which ``build(wq, frac_w)`` proves float32 GEMMs
+    exact; float64 (still exact, half as fast) when none does. Returns (weights, frac_w)."""
+    for bits in range(WEIGHT_BITS, 4, -1):
+        frac_w = int(math.floor(math.log2((2**bits - 1) / max(np.abs(w).max(), 1e-12))))
+        wq = np.round(w * 2.0**frac_w).astype(np.int16)
+        if build(wq, frac_w).dtype == np.float32:
+            print(f"{name}: {bits}-bit weights, float32 GEMMs")
+            return wq, frac_w
+    frac_w = int(math.floor(math.log2((2**WEIGHT_BITS - 1) / max(np.abs(w).max(), 1e-12))))
+    print(f"{name}: {WEIGHT_BITS}-bit weights, float64 GEMMs")
+    return np.round(w * 2.0**frac_w).astype(np.int16), frac_w
+
+
+def quantise_context(
+    model: DCVModel, calibration: list[tuple[torch.Tensor, torch.Tensor]], out_frac: int
+) -> dict[str, np.ndarray]:
+    """The checkerboard context model on integers (pillow_dcv.prior.IntegerHyperSynthesis.context).
+
+    Its input is the decoded anchors y_hat, known exactly in units of 2**-out_frac, rounded to
+    ``frac_in`` fractional bits so that the calibrated maximum is about 2**ACTIVATION_BITS; the
+    hidden layer is calibrated like the hyper-synthesis'; the 1x1 output layer is shifted to the
+    hyper-synthesis' output units, to which it is added.
+    """
+    from pillow_dcv.prior import _CheckerboardConv, checkerboard_taps
+
+    conv0, head = model.context_prediction[0], model.context_prediction[2]
+    k = conv0.kernel_size[0]
+    w0 = conv0.weight.detach().double().numpy().copy()
+    keep = np.zeros((k, k), dtype=bool)
+    for dy, dx in checkerboard_taps(k):
+        keep[k // 2 + dy, k // 2 + dx] = True
+    w0[:, :, ~keep] = 0.0  # these taps only ever see zeros (the non-anchors)
+    y_max, hidden_max = 1e-6, 1e-6
+    with torch.no_grad():
+        for y, z in calibration:
+            _, mu = model.h_s(z).chunk(2, 1)
+            y_hat, anchor = torch.round(y - mu) + mu, anchor_mask(y.shape[2], y.shape[3])
+            y_max = max(y_max, float((y_hat * anchor).abs().max()))
+            hidden = torch.relu(conv0(y_hat * anchor)) * ~anchor
+            hidden_max = max(hidden_max, float(hidden.max()))
+    frac_in = min(out_frac, int(math.floor(math.log2(2**ACTIVATION_BITS / y_max))))
+    frac_hidden = int(math.floor(math.log2(2**ACTIVATION_BITS / hidden_max)))
+    b0 = conv0.bias.detach().double().numpy()
+
+    def build0(wq, frac_w):
+        bq = np.round(b0 * 2.0 ** (frac_in + frac_w)).astype(np.int64)
+        return _CheckerboardConv(wq, bq, frac_in + frac_w - frac_hidden, ACTIVATION_MAX)
+
+    w0q, frac_w0 = quantise_weights(w0, build0, "context layer 0")
+    w1 = head.weight.detach().double().numpy()
+    b1 = head.bias.detach().double().numpy()
+
+    build1 = partial(hyper_layer, "conv", b1, frac_hidden, out_frac, False, ACTIVATION_MAX)
+    w1q, frac_w1 = quantise_weights(w1, build1, "context layer 1")
+    print(f"context: input {frac_in} fractional bits (max |y_hat| {y_max:.1f}), hidden {frac_hidden}")
+    return {
+        "ctx_input_shift": np.array(out_frac - frac_in),
+        "ctx0_w": w0q,
+        "ctx0_b": np.round(b0 * 2.0 ** (frac_in + frac_w0)).astype(np.int64),
+        "ctx0_shift": np.array(frac_in + frac_w0 - frac_hidden),
+        "ctx1_w": w1q,
+        "ctx1_b": np.round(b1 * 2.0 ** (frac_hidden + frac_w1)).astype(np.int64),
+        "ctx1_shift": np.array(frac_hidden + frac_w1 - out_frac),
+    }
 
 
 def gaussian_tables() -> dict[str, np.ndarray]:
@@ -256,14 +324,18 @@ def main() -> None:
         store_weights_fp16(out / name)
 
     calib_paths = sorted(Path(args.calibration).glob("*"))[:4]
-    calib_z = []
+    calib_z, calib_y = [], []
     with torch.no_grad():
         for p in calib_paths:
             img = load_image(p)
             for q in range(len(model.gain)):
                 g, _ = model.gains(torch.tensor([q]))
-                calib_z.append(torch.round(model.h_a(model.g_a(img) * g)))
+                y = model.g_a(img) * g
+                calib_y.append(y)
+                calib_z.append(torch.round(model.h_a(y)))
     params = quantise_hyper_synthesis(model, calib_z)
+    if model.context_channels:
+        params.update(quantise_context(model, list(zip(calib_y, calib_z)), int(params["hs_out_frac_bits"])))
     params.update(gaussian_tables())
     params.update(factorized_tables(model))
     params["gain"] = model.gain.detach().numpy().astype(np.float32)
@@ -272,12 +344,12 @@ def main() -> None:
     write_matmul_graphs()
     meta = {"model_id": args.model_id, "step": step, "hours": round(hours, 2), "config": cfg["model"]}
     (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
-    check(model, out, calib_paths[:2], calib_z)
+    check(model, out, calib_paths[:2], list(zip(calib_y, calib_z)))
     print(f"exported {args.model_id} (step {step}) to {out}")
 
 
-def check(model: DCVModel, out: Path, paths: list[Path], calib_z: list[torch.Tensor]) -> None:
-    """ONNX vs PyTorch on real images; integer prior vs float prior."""
+def check(model: DCVModel, out: Path, paths: list[Path], calibration: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """ONNX vs PyTorch on real images; integer prior (and context) vs the float ones."""
     import onnxruntime as ort
 
     from pillow_dcv.prior import IntegerHyperSynthesis
@@ -298,14 +370,19 @@ def check(model: DCVModel, out: Path, paths: list[Path], calib_z: list[torch.Ten
         print(f"onnx vs torch max abs error on {p.name}: y {err[0]:.2e} z {err[1]:.2e} x_hat {err[2]:.2e}")
         assert max(err[0], err[1]) < 0.05 and err[2] < 0.01, err  # fp16-stored weights
     prior = IntegerHyperSynthesis(dict(np.load(out / "prior.npz")))
-    for z in calib_z[:4]:
+    thresholds = np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:])
+    for y, z in calibration[::5]:
         with torch.no_grad():
-            scale, mu = model.h_s(z).chunk(2, 1)
-        mu_int, idx = prior(z[0].numpy())
-        ref_idx = np.searchsorted(np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:]), scale[0].numpy(), side="right")
+            _, scale, mu = model.entropy_parameters(y, model.h_s(z))
+        acc = prior.hyper(z[0].numpy())
+        mu_int, index = prior.tables(acc)
+        if prior.has_context:
+            y_sym = np.rint(y[0].double().numpy() - mu_int).astype(np.int64)
+            mu_int, index = prior.tables(prior.context(acc, y_sym))
+        ref_index = np.searchsorted(thresholds, scale[0].numpy(), side="right")
         print(
             f"integer prior: mu max abs error {np.abs(mu_int - mu[0].numpy()).max():.2e}, "
-            f"scale index agrees on {np.mean(idx == ref_idx) * 100:.2f}%"
+            f"scale index agrees on {np.mean(index == ref_index) * 100:.2f}%"
         )
 
 

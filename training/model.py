@@ -107,6 +107,25 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def anchor_mask(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+    """Checkerboard (He et al. 2021): anchors at (i + j) even are coded first, from the hyperprior
+    alone; the other half then also sees its decoded anchor neighbours."""
+    i = torch.arange(h, device=device)[:, None]
+    j = torch.arange(w, device=device)[None, :]
+    return ((i + j) % 2 == 0)[None, None]
+
+
+def context_prediction(m: int, channels: int) -> nn.Sequential:
+    """Checkerboard context model: a 5x5 convolution over the decoded anchors (the other taps only
+    ever see zeros), ReLU, and a 1x1 convolution whose output is added to the hyper-synthesis'
+    means and scales at the non-anchor positions. The last layer starts at zero, so a trained
+    hyperprior model keeps its behaviour when the context is added."""
+    head = nn.Conv2d(channels, 2 * m, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return nn.Sequential(conv(m, channels, 5, 1), nn.ReLU(), head)
+
+
 def analysis_transform(m: int, channels: tuple[int, ...]) -> nn.Sequential:
     """Four strided 5x5 convolutions, each halving the size, with GDN between them.
 
@@ -149,6 +168,7 @@ class DCVModel(nn.Module):
         synthesis_kernels: tuple[int, ...] = (5, 5, 5, 5),
         hyper_kernel: int = 3,
         analysis_channels: tuple[int, ...] | None = None,
+        context_channels: int = 0,
     ) -> None:
         super().__init__()
         self.n, self.m, self.nz, self.nh = n, m, nz, nh
@@ -160,6 +180,9 @@ class DCVModel(nn.Module):
         self.h_s = nn.Sequential(
             deconv(nz, nh), nn.ReLU(), deconv(nh, 3 * m // 2), nn.ReLU(), conv(3 * m // 2, 2 * m, hyper_kernel, 1),
         )
+        self.context_channels = context_channels
+        if context_channels:
+            self.context_prediction = context_prediction(m, context_channels)
         self.entropy_bottleneck = EntropyBottleneck(nz)
         # Gain units (Cui et al. 2020): one gain vector per quality on the latent, and its inverse.
         # Initialised so that the quantisation step shrinks with lambda, which the model then refines.
@@ -178,14 +201,32 @@ class DCVModel(nn.Module):
         z = self.h_a(y).float()
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
         z_hat = ste_round(z)
-        params = self.h_s(z_hat).float()
-        scale, mu = params.chunk(2, dim=1)
+        y_hat, scale, mu = self.entropy_parameters(y, self.h_s(z_hat).float(), ste_round)
         y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         y_lik = gaussian_likelihood(y_noisy - mu, scale)
         z_lik = self.entropy_bottleneck.likelihood(z_noisy)
-        y_hat = ste_round(y - mu) + mu
         x_hat = self.g_s(y_hat * inv_gain).float()
         return {"x_hat": x_hat, "y_lik": y_lik, "z_lik": z_lik}
+
+
+    def entropy_parameters(
+        self, y: torch.Tensor, hyper: torch.Tensor, rounding=torch.round
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantised latent, scales and means from the hyper-synthesis output (and the context).
+
+        The anchors are quantised around the hyperprior's means; the non-anchors around means
+        corrected by the context model, which sees only the quantised anchors.
+        """
+        scale, mu = hyper.chunk(2, dim=1)
+        y_hat = rounding(y - mu) + mu
+        if not self.context_channels:
+            return y_hat, scale, mu
+        anchor = anchor_mask(y.shape[2], y.shape[3], y.device)
+        scale_c, mu_c = self.context_prediction(y_hat * anchor).float().chunk(2, dim=1)
+        scale = torch.where(anchor, scale, scale + scale_c)
+        mu = torch.where(anchor, mu, mu + mu_c)
+        y_hat = torch.where(anchor, y_hat, rounding(y - mu) + mu)
+        return y_hat, scale, mu
 
 
 def rate_distortion_loss(

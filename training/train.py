@@ -54,8 +54,7 @@ def evaluate(model: DCVModel, images: list[np.ndarray]) -> dict[str, list[float]
             gain, inv_gain = model.gains(q)
             y = model.g_a(x) * gain
             z = torch.round(model.h_a(y))
-            scale, mu = model.h_s(z).chunk(2, 1)
-            y_hat = torch.round(y - mu) + mu
+            y_hat, scale, mu = model.entropy_parameters(y, model.h_s(z))
             bits = -torch.log2(gaussian_likelihood(y_hat - mu, scale).clamp_min(1e-9)).sum()
             bits += -torch.log2(model.entropy_bottleneck.likelihood(z).clamp_min(1e-9)).sum()
             x_hat = model.g_s(y_hat * inv_gain).clamp(0, 1)
@@ -94,15 +93,25 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def warm_start(model: DCVModel, path: Path) -> tuple[int, float]:
+def warm_start(model: DCVModel, ema: DCVModel, path: Path) -> tuple[int, float]:
     """Initialise from exported weights (training/weights/<id>.pt) or another run's checkpoint.
 
     Tensors whose name and shape match are copied, the rest keep their fresh initialisation, so a
-    changed transform (e.g. a lighter synthesis) starts from the rest of a trained model.
+    changed transform (e.g. a lighter synthesis, an added context model) starts from the rest of a
+    trained model. The EMA starts from the source's EMA where it has one.
     Returns the source's step count and hours (a new optimizer is created either way).
     """
     src = torch.load(path, map_location="cpu")
     weights = src.get("state_dict") or src["model"]
+    fresh = _load_matching(model, weights)
+    ema.load_state_dict(model.state_dict())
+    if "ema" in src:
+        _load_matching(ema, src["ema"])
+    print(f"initialised from {path} (step {src.get('step', 0)}); fresh: {fresh or 'none'}", flush=True)
+    return src.get("step", 0), src.get("hours", 0.0)
+
+
+def _load_matching(model: DCVModel, weights: dict[str, torch.Tensor]) -> list[str]:
     own = model.state_dict()
     matched = {k: v.float() for k, v in weights.items() if k in own and own[k].shape == v.shape}
     for k, v in weights.items():  # a convolution whose kernel shrank (e.g. 3x3 -> 1x1) keeps its centre taps
@@ -112,9 +121,7 @@ def warm_start(model: DCVModel, path: Path) -> tuple[int, float]:
             if top >= 0 and left >= 0:
                 matched[k] = v[:, :, top : top + kh, left : left + kw].float().clone()
     model.load_state_dict(matched, strict=False)
-    fresh = sorted(set(own) - set(matched))
-    print(f"initialised from {path} (step {src.get('step', 0)}); fresh: {fresh or 'none'}", flush=True)
-    return src.get("step", 0), src.get("hours", 0.0)
+    return sorted(set(own) - set(matched))
 
 
 def main() -> None:
@@ -154,10 +161,10 @@ def main() -> None:
         step, hours, warm_from = state["step"], state["hours"], state.get("warm_from", 0)
         print(f"resumed at step {step} ({hours:.2f} h)", flush=True)
     else:
-        if args.init:
-            step, hours = warm_start(model, Path(os.path.expanduser(args.init)))
-            warm_from = step  # a fresh optimizer (and maybe fresh layers): warm up again
         ema.load_state_dict(model.state_dict())
+        if args.init:
+            step, hours = warm_start(model, ema, Path(os.path.expanduser(args.init)))
+            warm_from = step  # a fresh optimizer (and maybe fresh layers): warm up again
     if args.reset_ema:
         ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
