@@ -105,6 +105,13 @@ def checkerboard_taps(k: int) -> list[tuple[int, int]]:
     return [(dy, dx) for dy in r for dx in r if (dy + dx) % 2]
 
 
+# A tile's latent has even height and width (tiles are multiples of 64 pixels), so anchors and
+# non-anchors are each two strided phases of it: (row, column) parity (0, 0) and (1, 1) for the
+# anchors, (0, 1) and (1, 0) for the others. Strided slices avoid any fancy indexing.
+ANCHOR_PHASES = ((0, 0), (1, 1))
+OTHER_PHASES = ((0, 1), (1, 0))
+
+
 class _CheckerboardConv:
     """A k x k convolution over the anchors, evaluated at the non-anchor positions only: just the
     taps with (dy + dx) odd see an anchor, so the GEMM has half the taps and a quarter of the work."""
@@ -120,12 +127,20 @@ class _CheckerboardConv:
         self.matrix = matrix.astype(self.dtype)
         self.bias = b.astype(self.dtype)[:, None]
 
-    def __call__(self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, matmul: MatMul) -> np.ndarray:
-        """x: (C, h, w) with zeros off the anchors -> (O, n) at the n positions (rows, cols)."""
+    def __call__(self, anchors: list[np.ndarray], matmul: MatMul) -> np.ndarray:
+        """anchors: the inputs at the two anchor phases, each (C, h/2, w/2) -> (O, n) at the
+        non-anchors, phase (0, 1) then phase (1, 0), each in raster order."""
+        c, h2, w2 = anchors[0].shape
         p = self.pad
-        xp = np.pad(x.astype(self.dtype, copy=False), ((0, 0), (p, p), (p, p)))
-        patches = np.stack([xp[:, rows + p + dy, cols + p + dx] for dy, dx in self.taps], axis=1)  # (C, T, n)
-        return matmul(self.matrix, patches.reshape(-1, len(rows))) + self.bias
+        xp = np.zeros((c, 2 * h2 + 2 * p, 2 * w2 + 2 * p), dtype=self.dtype)
+        for (r, q), x in zip(ANCHOR_PHASES, anchors):
+            xp[:, p + r : p + r + 2 * h2 : 2, p + q : p + q + 2 * w2 : 2] = x
+        patches = np.empty((c, len(self.taps), 2, h2, w2), dtype=self.dtype)
+        for t, (dy, dx) in enumerate(self.taps):
+            for n, (r, q) in enumerate(OTHER_PHASES):
+                y0, x0 = p + r + dy, p + q + dx
+                patches[:, t, n] = xp[:, y0 : y0 + 2 * h2 : 2, x0 : x0 + 2 * w2 : 2]
+        return matmul(self.matrix, patches.reshape(c * len(self.taps), -1)) + self.bias
 
 
 class IntegerHyperSynthesis:
@@ -162,8 +177,9 @@ class IntegerHyperSynthesis:
         self.has_context = "ctx_input_shift" in params
         if self.has_context:
             self.context_input_shift = int(params["ctx_input_shift"])
+            self.context_input_max = int(params["ctx_input_max"])
             self._context_conv = _CheckerboardConv(
-                params["ctx0_w"], params["ctx0_b"], int(params["ctx0_shift"]), self.activation_max
+                params["ctx0_w"], params["ctx0_b"], int(params["ctx0_shift"]), self.context_input_max
             )
             self._context_head = _Layer("conv", params["ctx1_w"], params["ctx1_b"], int(params["ctx1_shift"]), False)
             self._context_head.choose_dtype(self.activation_max)
@@ -198,16 +214,19 @@ class IntegerHyperSynthesis:
         2**-ctx_input_shift of that precision and clipped; values off the anchors are ignored.
         """
         m, h, w = y_sym.shape
-        anchor = anchor_mask(h, w)
-        y_fixed = (y_sym.astype(np.int64) << self.output_frac_bits) + acc[m:]
+        if h % 2 or w % 2:
+            raise ValueError("the checkerboard context needs an even latent height and width")
         s = self.context_input_shift
-        x = (y_fixed + (1 << (s - 1))) >> s if s > 0 else y_fixed
-        x = np.where(anchor, np.clip(x, -self.activation_max, self.activation_max), 0)
-        rows, cols = np.nonzero(~anchor)
-        hidden = self._context_conv(x, rows, cols, self.matmul)
+        anchors = []
+        for r, q in ANCHOR_PHASES:
+            y_fixed = (y_sym[:, r::2, q::2].astype(np.int64) << self.output_frac_bits) + acc[m:, r::2, q::2]
+            x = (y_fixed + (1 << (s - 1))) >> s if s > 0 else y_fixed << -s
+            anchors.append(np.clip(x, -self.context_input_max, self.context_input_max))
+        hidden = self._context_conv(anchors, self.matmul)
         hidden = np.clip(requantise(hidden, self._context_conv.shift), 0, self.activation_max)
         head = self._context_head  # a 1x1 convolution: the n positions as an n x 1 image
-        correction = requantise(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift)
+        correction = requantise(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift).astype(np.int64)
         out = acc.copy()
-        out[:, rows, cols] += correction.astype(np.int64)
+        for (r, q), part in zip(OTHER_PHASES, np.split(correction, 2, axis=1)):
+            out[:, r::2, q::2] += part.reshape(2 * m, h // 2, w // 2)
         return out

@@ -52,7 +52,8 @@ def reference_context(params: dict[str, np.ndarray], prior, acc: np.ndarray, y_s
     anchor = (np.add.outer(np.arange(h), np.arange(w)) % 2) == 0
     s = int(params["ctx_input_shift"])
     y_fixed = y_sym * (1 << prior.output_frac_bits) + acc[m:]
-    x = np.clip((y_fixed + (1 << (s - 1))) >> s, -prior.activation_max, prior.activation_max) * anchor
+    clip = int(params["ctx_input_max"])
+    x = np.clip((y_fixed + (1 << (s - 1))) >> s, -clip, clip) * anchor
     w0, b0 = params["ctx0_w"].astype(np.int64), params["ctx0_b"].astype(np.int64)
     k = w0.shape[-1]
     xp = np.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2)))

@@ -31,6 +31,9 @@ from model import SCALE_MIN, DCVModel, anchor_mask  # noqa: E402
 WEIGHT_BITS = 15  # at most; fewer where needed for exact float32 GEMMs (quantise_hyper_synthesis)
 ACTIVATION_BITS = 9  # calibrated maximum maps to 2**9 ...
 ACTIVATION_MAX = 2**10 - 1  # ... and the runtime clips at twice that (0.1 % larger files than 15 bits)
+# The context model's input (decoded anchors) has fewer bits, so that its 5x5 convolution over 192
+# channels can keep enough weight bits for exact float32 GEMMs
+CONTEXT_INPUT_BITS = 6
 SCALE_TABLE = np.exp(np.linspace(math.log(SCALE_MIN), math.log(256.0), 64))
 TABLE_PRECISION = 2**20
 Z_SEARCH = 512  # hyper-latent support searched for the factorized tables
@@ -213,13 +216,14 @@ def quantise_context(
             y_max = max(y_max, float((y_hat * anchor).abs().max()))
             hidden = torch.relu(conv0(y_hat * anchor)) * ~anchor
             hidden_max = max(hidden_max, float(hidden.max()))
-    frac_in = min(out_frac, int(math.floor(math.log2(2**ACTIVATION_BITS / y_max))))
+    frac_in = min(out_frac, int(math.floor(math.log2(2**CONTEXT_INPUT_BITS / y_max))))
+    input_max = 2 ** (CONTEXT_INPUT_BITS + 1) - 1
     frac_hidden = int(math.floor(math.log2(2**ACTIVATION_BITS / hidden_max)))
     b0 = conv0.bias.detach().double().numpy()
 
     def build0(wq, frac_w):
         bq = np.round(b0 * 2.0 ** (frac_in + frac_w)).astype(np.int64)
-        return _CheckerboardConv(wq, bq, frac_in + frac_w - frac_hidden, ACTIVATION_MAX)
+        return _CheckerboardConv(wq, bq, frac_in + frac_w - frac_hidden, input_max)
 
     w0q, frac_w0 = quantise_weights(w0, build0, "context layer 0")
     w1 = head.weight.detach().double().numpy()
@@ -230,6 +234,7 @@ def quantise_context(
     print(f"context: input {frac_in} fractional bits (max |y_hat| {y_max:.1f}), hidden {frac_hidden}")
     return {
         "ctx_input_shift": np.array(out_frac - frac_in),
+        "ctx_input_max": np.array(input_max),
         "ctx0_w": w0q,
         "ctx0_b": np.round(b0 * 2.0 ** (frac_in + frac_w0)).astype(np.int64),
         "ctx0_shift": np.array(frac_in + frac_w0 - frac_hidden),
@@ -371,19 +376,30 @@ def check(model: DCVModel, out: Path, paths: list[Path], calibration: list[tuple
         assert max(err[0], err[1]) < 0.05 and err[2] < 0.01, err  # fp16-stored weights
     prior = IntegerHyperSynthesis(dict(np.load(out / "prior.npz")))
     thresholds = np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:])
-    for y, z in calibration[::5]:
+    bits_float, bits_integer = 0.0, 0.0
+    for y, z in calibration[::3]:
         with torch.no_grad():
             _, scale, mu = model.entropy_parameters(y, model.h_s(z))
         acc = prior.hyper(z[0].numpy())
         mu_int, index = prior.tables(acc)
+        y64 = y[0].double().numpy()
         if prior.has_context:
-            y_sym = np.rint(y[0].double().numpy() - mu_int).astype(np.int64)
-            mu_int, index = prior.tables(prior.context(acc, y_sym))
+            mu_int, index = prior.tables(prior.context(acc, np.rint(y64 - mu_int).astype(np.int64)))
         ref_index = np.searchsorted(thresholds, scale[0].numpy(), side="right")
         print(
             f"integer prior: mu max abs error {np.abs(mu_int - mu[0].numpy()).max():.2e}, "
             f"scale index agrees on {np.mean(index == ref_index) * 100:.2f}%"
         )
+        bits_float += estimated_bits(y64 - mu[0].double().numpy(), scale[0].double().numpy())
+        bits_integer += estimated_bits(y64 - mu_int, SCALE_TABLE[index])
+    print(f"integer prior: {(bits_integer / bits_float - 1) * 100:+.2f} % estimated bits against the float model")
+
+
+def estimated_bits(residual: np.ndarray, scale: np.ndarray) -> float:
+    from model import gaussian_likelihood
+
+    v = torch.from_numpy(np.rint(residual))
+    return float(-torch.log2(gaussian_likelihood(v, torch.from_numpy(scale)).clamp_min(1e-9)).sum())
 
 
 if __name__ == "__main__":
