@@ -22,6 +22,29 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS)
 
 
+def held_out(root: Path, count: int) -> list[Path]:
+    """A fixed, spread-out subset of the training photos that training never samples: a validation
+    set for A/B decisions that is not Kodak (the numbers we report) and not trained on."""
+    paths = list_images(root)
+    if count <= 0:
+        return []
+    step = len(paths) // count
+    return paths[step // 2 :: step][:count]
+
+
+def cache_entries(root: Path, paths: list[Path]) -> set[int]:
+    """Indices of the cache entries that ``build_cache`` made from ``paths`` (one per photo, two for
+    photos also stored at half size), found from the image sizes without decoding."""
+    wanted, entries, n = set(paths), set(), 0
+    for path in list_images(root):
+        with Image.open(path) as im:
+            count = 2 if min(im.size) >= HALF_SIZE_MIN_SIDE else 1
+        if path in wanted:
+            entries.update(range(n, n + count))
+        n += count
+    return entries
+
+
 def build_cache(root: Path, cache_dir: Path) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     arrays: list[np.ndarray] = []
@@ -45,10 +68,12 @@ def build_cache(root: Path, cache_dir: Path) -> None:
 
 
 class CropSampler:
-    def __init__(self, cache_dir: Path, crop: int, seed: int = 0) -> None:
+    def __init__(self, cache_dir: Path, crop: int, seed: int = 0, exclude: set[int] = frozenset()) -> None:
         self.pixels = np.load(cache_dir / "pixels.npy", mmap_mode="r")
         meta = json.loads((cache_dir / "index.json").read_text())
-        self.images = [tuple(i) for i in meta["images"] if i[1] >= crop and i[2] >= crop]
+        self.images = [
+            tuple(e) for n, e in enumerate(meta["images"]) if e[1] >= crop and e[2] >= crop and n not in exclude
+        ]
         area = np.array([h * w for _, h, w in self.images], dtype=np.float64)
         self.weights = area / area.sum()  # every pixel equally likely
         self.crop = crop
