@@ -7,7 +7,9 @@ every product and every partial sum is an integer the type represents exactly: b
 float32, below 2**53 in float64. Then the result is exact whatever the summation order, FMA or
 SIMD. Each layer uses float32 (twice as fast) when a bound computed from its weights proves it
 exact, float64 otherwise. Requantisation divides by powers of two with round-half-up (also
-exact), and scale indices come from integer thresholds. See spec/format.md section 6.
+exact), and scale indices come from integer thresholds. The checkerboard context model, which
+corrects the tables of half the latents from the decoded other half, is built the same way.
+See spec/format.md section 6.
 """
 
 from __future__ import annotations
@@ -210,8 +212,8 @@ class IntegerHyperSynthesis:
     def context(self, acc: np.ndarray, y_sym: np.ndarray) -> np.ndarray:
         """Accumulators with the non-anchor positions corrected from the anchors' symbols.
 
-        The decoded anchors y_hat = symbol + mu, in fixed point (exact), are rounded to
-        2**-ctx_input_shift of that precision and clipped; values off the anchors are ignored.
+        The decoded anchors y_hat = symbol + mu, exact in the accumulators' fixed point, are
+        requantised by ctx_input_shift bits and clipped; the symbols off the anchors are ignored.
         """
         m, h, w = y_sym.shape
         if h % 2 or w % 2:
