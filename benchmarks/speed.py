@@ -52,8 +52,8 @@ if what == "encode":
     t = time.perf_counter(); im.save(coded, "DCV", quality=float(quality)); dt = time.perf_counter() - t
 else:  # decode only: the file was written by the encode run, so the peak below is the decoder's own
     model = pillow_dcv.models.get_model()
-    timed(pillow_dcv.entropy, "decode", "entropy"); timed(model, "prior", "prior")
-    timed(model, "synthesis", "synthesis")
+    timed(pillow_dcv.entropy.Decoder, "decode", "entropy"); timed(model.prior, "hyper", "prior")
+    timed(model.prior, "context", "context"); timed(model, "synthesis", "synthesis")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter(); out = Image.open(coded); out.load(); dt = time.perf_counter() - t
     pixels = out.width * out.height
