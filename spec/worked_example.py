@@ -68,20 +68,40 @@ class ReferenceDecoder:
         return s, step
 
 
-def decode_stream(data: bytes, tables, table_of: np.ndarray) -> tuple[np.ndarray, ReferenceDecoder, list]:
+def decode_part(dec: ReferenceDecoder, tables, table_of: np.ndarray, steps: list) -> np.ndarray:
     """Section 7.3 order: groups by table index ascending, stable within a group."""
-    dec = ReferenceDecoder(data)
-    flat = table_of.ravel()
-    out = np.empty(flat.shape, dtype=np.int64)
-    steps = []
-    for k in np.unique(flat):
+    out = np.empty(table_of.shape, dtype=np.int64)
+    for k in np.unique(table_of):
         cumulative = quantised_table(tables.counts[k])
-        for i in np.flatnonzero(flat == k):
+        for i in np.flatnonzero(table_of == k):
             s, step = dec.decode(cumulative)
             out[i] = s + tables.offsets[k]
             steps.append((int(k), int(i), step))
+    return out
+
+
+def decode_stream(data: bytes, tables, table_of: np.ndarray) -> tuple[np.ndarray, ReferenceDecoder, list]:
+    """A stream of one part (the z stream)."""
+    dec, steps = ReferenceDecoder(data), []
+    out = decode_part(dec, tables, table_of.ravel(), steps)
     assert dec.state == 0 and not dec.words, "stream did not end cleanly"
     return out.reshape(table_of.shape), dec, steps
+
+
+def decode_latent(data: bytes, model, z: np.ndarray):
+    """Section 7.3 with the context model of section 6.1: the anchors, then the non-anchors."""
+    acc = model.prior.hyper(z)
+    _, scale_index = model.prior.tables(acc)
+    dec, steps = ReferenceDecoder(data), []
+    y = np.zeros(scale_index.shape, dtype=np.int64)
+    anchor = np.broadcast_to(np.add.outer(np.arange(y.shape[1]), np.arange(y.shape[2])) % 2 == 0, y.shape)
+    y[anchor] = decode_part(dec, model.y_tables, scale_index[anchor], steps)
+    anchor_steps = len(steps)
+    anchor_index = scale_index
+    mu, scale_index = model.prior.tables(model.prior.context(acc, y))
+    y[~anchor] = decode_part(dec, model.y_tables, scale_index[~anchor], steps)
+    assert dec.state == 0 and not dec.words, "stream did not end cleanly"
+    return y, mu, anchor_index, scale_index, dec, steps, anchor_steps
 
 
 def hexdump(data: bytes) -> str:
@@ -111,8 +131,8 @@ def section() -> str:
     cz = len(model.z_tables.offsets)
     z_channel = np.broadcast_to(np.arange(cz)[:, None, None], (cz, 1, 1))
     z, zdec, zsteps = decode_stream(tile["z_stream"], model.z_tables, z_channel)
-    mu, scale_index = model.prior(z)
-    y, ydec, ysteps = decode_stream(tile["y_stream"], model.y_tables, scale_index)
+    y, mu, anchor_index, scale_index, ydec, ysteps, anchor_steps = decode_latent(tile["y_stream"], model, z)
+    changed = int((anchor_index != scale_index).sum())
     crc = zlib.crc32(y.astype("<i4").tobytes(), zlib.crc32(z.astype("<i4").tobytes()))
     assert crc == tile["symbols_crc"]
     pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).reshape(-1, 3).mean(axis=0)
@@ -189,13 +209,16 @@ reference codec.
   is {s0 + int(zt.offsets[k0]):+d}. The new state is 0x{first['new_state']:X}. Further words popped: {zpops}.
   After the last symbol the state is 0 with no words left. {zero} of the {z.size} `z` symbols are 0;
   the others are (channel: value) {nonzero}.
-- The prior of this z gives `scale_index` values {int(used.min())} to {int(used.max())}
-  ({int((scale_index == used.min()).sum())} of the {y.size} latents use table {int(used.min())}) and mu between
-  {float(mu.min()):.2f} and {float(mu.max()):.2f}.
+- The prior of this z (section 6) gives the anchors (the {y.size // 2} positions with row + column
+  even) their tables; the y stream's first part, {anchor_steps} symbols, decodes them. The context
+  model (section 6.1) then changes the table of {changed} of the {y.size // 2} non-anchors. In all,
+  `scale_index` runs from {int(used.min())} to {int(used.max())}
+  ({int((scale_index == used.min()).sum())} of the {y.size} latents use table {int(used.min())}) and mu
+  from {float(mu.min()):.2f} to {float(mu.max()):.2f}.
 - y stream: the initial state is 0x{ydec.initial_state:X}. Its first symbol (table {ky}, counts
   `{counts_y}{more_y}`, offset {int(yt0.offsets[ky])}) has
-  q = 0x{yfirst['q']:X}, index {yfirst['s']}, value {value_y:+d}. The {len(used)} groups (tables
-  {int(used.min())} to {int(used.max())} that occur) are decoded in ascending table order; further words popped:
+  q = 0x{yfirst['q']:X}, index {yfirst['s']}, value {value_y:+d}. In each part, the tables that
+  occur are decoded in ascending table order; further words popped:
   {ypops}. The non-zero `y` symbols (position (channel, row, column) = value): {ynz_text or 'none'}.
   The state ends at 0.
 - CRC-32 of the {z.size} + {y.size} symbols as little-endian int32 = 0x{crc:08X} = `symbols_crc`.

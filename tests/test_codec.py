@@ -118,6 +118,20 @@ def test_context_matches_pure_integer_arithmetic(photo, quality: float) -> None:
     assert np.array_equal(prior.context(acc, wild), reference_context(params, prior, acc, wild))
 
 
+@needs_context
+def test_context_saves_bits_and_models_without_one_still_work(sample, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same weights with the context switched off: one y part, the hyperprior's tables only.
+    The checkerboard's second part must pay for itself."""
+    pixels = np.asarray(sample)[:384, :512]
+    sizes = {}
+    for use_context in (True, False):
+        monkeypatch.setattr(get_model().prior, "has_context", use_context)
+        data, info = encode(pixels, 4)
+        assert psnr(codec.decode(io.BytesIO(data), info), pixels) > 28
+        sizes[use_context] = len(data)
+    assert sizes[True] < 0.99 * sizes[False], sizes
+
+
 def model_prior_params() -> dict[str, np.ndarray]:
     with np.load(get_model().folder / "prior.npz") as f:
         return {k: f[k] for k in f.files}

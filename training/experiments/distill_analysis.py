@@ -1,6 +1,6 @@
 """Start a lighter analysis transform from a trained model: fit it to the trained analysis's latents.
 
-    python training/experiments/distill_analysis.py --teacher training/weights/dcv-ms2-s04.pt \
+    python training/experiments/distill_analysis.py --teacher <weights or checkpoint of the heavier model> \
         --config training/experiments/light_analysis.toml --steps 1500 --out ~/.cache/pillow-dcv/light-ga.pt
     python training/train.py --config training/experiments/light_analysis.toml \
         --init ~/.cache/pillow-dcv/light-ga.pt --reset-ema
