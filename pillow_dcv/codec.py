@@ -139,10 +139,9 @@ def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: n
     z_sym = model.z_tables.clamp(np.rint(z).astype(np.int64), z_channel)
     y = y.astype(np.float64)
     acc = model.prior.hyper(z_sym)
+    y_sym, scale_index = quantise_latent(model, y, acc)
     if model.prior.has_context:  # the anchors' symbols, around the hyperprior's means, give the context
-        acc = model.prior.context(acc, quantise_latent(model, y, acc))
-    y_sym = quantise_latent(model, y, acc)
-    _, scale_index = model.prior.tables(acc)
+        y_sym, scale_index = quantise_latent(model, y, model.prior.context(acc, y_sym))
     return {
         "index": index,
         "symbols_crc": symbols_crc(z_sym, y_sym),
@@ -151,9 +150,10 @@ def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: n
     }
 
 
-def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray) -> np.ndarray:
+def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symbols around the means of the prior's accumulators, and their table indices."""
     mu, scale_index = model.prior.tables(acc)
-    return model.y_tables.clamp(np.rint(y - mu).astype(np.int64), scale_index)
+    return model.y_tables.clamp(np.rint(y - mu).astype(np.int64), scale_index), scale_index
 
 
 def latent_parts(model: Model, y_sym: np.ndarray, scale_index: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -172,14 +172,13 @@ def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray
     try:
         z_sym = entropy.decode(tile["z_stream"], z_channel, model.z_tables).reshape(z_shape)
         acc = model.prior.hyper(z_sym)
-        _, scale_index = model.prior.tables(acc)
+        mu, scale_index = model.prior.tables(acc)
         stream = entropy.Decoder(tile["y_stream"])
         if model.prior.has_context:
             y_sym = np.zeros(scale_index.shape, dtype=np.int64)
             anchor = np.broadcast_to(anchor_mask(*y_sym.shape[1:]), y_sym.shape)
             y_sym[anchor] = stream.decode(scale_index[anchor], model.y_tables)
-            acc = model.prior.context(acc, y_sym)
-            _, scale_index = model.prior.tables(acc)
+            mu, scale_index = model.prior.tables(model.prior.context(acc, y_sym))
             y_sym[~anchor] = stream.decode(scale_index[~anchor], model.y_tables)
         else:
             y_sym = stream.decode(scale_index, model.y_tables).reshape(scale_index.shape)
@@ -188,7 +187,6 @@ def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray
         raise CorruptFileError(f"damaged entropy-coded data in tile {tile['index']}: {e}") from None
     if symbols_crc(z_sym, y_sym) != tile["symbols_crc"]:
         raise CorruptFileError(f"tile {tile['index']}: decoded symbols do not match their checksum")
-    mu, _ = model.prior.tables(acc)
     return (y_sym + mu).astype(np.float32)
 
 
