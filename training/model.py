@@ -115,15 +115,15 @@ def anchor_mask(h: int, w: int, device: torch.device | None = None) -> torch.Ten
     return ((i + j) % 2 == 0)[None, None]
 
 
-def context_prediction(m: int, channels: int) -> nn.Sequential:
-    """Checkerboard context model: a 5x5 convolution over the decoded anchors (the other taps only
+def context_prediction(m: int, channels: int, kernel: int = 5) -> nn.Sequential:
+    """Checkerboard context model: a k x k convolution over the decoded anchors (the other taps only
     ever see zeros), ReLU, and a 1x1 convolution whose output is added to the hyper-synthesis'
     means and scales at the non-anchor positions. The last layer starts at zero, so a trained
     hyperprior model keeps its behaviour when the context is added."""
     head = nn.Conv2d(channels, 2 * m, 1)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    return nn.Sequential(conv(m, channels, 5, 1), nn.ReLU(), head)
+    return nn.Sequential(conv(m, channels, kernel, 1), nn.ReLU(), head)
 
 
 def analysis_transform(m: int, channels: tuple[int, ...]) -> nn.Sequential:
@@ -169,6 +169,7 @@ class DCVModel(nn.Module):
         hyper_kernel: int = 3,
         analysis_channels: tuple[int, ...] | None = None,
         context_channels: int = 0,
+        context_kernel: int = 5,
     ) -> None:
         super().__init__()
         self.n, self.m, self.nz, self.nh = n, m, nz, nh
@@ -182,7 +183,7 @@ class DCVModel(nn.Module):
         )
         self.context_channels = context_channels
         if context_channels:
-            self.context_prediction = context_prediction(m, context_channels)
+            self.context_prediction = context_prediction(m, context_channels, context_kernel)
         self.entropy_bottleneck = EntropyBottleneck(nz)
         # Gain units (Cui et al. 2020): one gain vector per quality on the latent, and its inverse.
         # Initialised so that the quantisation step shrinks with lambda, which the model then refines.
