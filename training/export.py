@@ -124,12 +124,16 @@ def write_matmul_graphs(folder: Path = ROOT / "pillow_dcv" / "gemm") -> None:
         onnx.save(model, str(folder / f"matmul_{name}.onnx"))
 
 
+def fixed_point(x: np.ndarray, frac: int) -> np.ndarray:
+    """Biases in an accumulator's fixed point: round(x * 2**frac) as int64."""
+    return np.round(x * 2.0**frac).astype(np.int64)
+
+
 def hyper_layer(kind, b, frac_in, frac_out, last, input_max, wq, frac_w):
     """A quantised hyper-synthesis layer as the runtime builds it (its dtype is what matters here)."""
     from pillow_dcv.prior import _Layer
 
-    bq = np.round(b * 2.0 ** (frac_in + frac_w)).astype(np.int64)
-    gemm = _Layer(kind, wq, bq, 0 if last else frac_in + frac_w - frac_out, last)
+    gemm = _Layer(kind, wq, fixed_point(b, frac_in + frac_w), 0 if last else frac_in + frac_w - frac_out, last)
     gemm.choose_dtype(input_max)
     return gemm
 
@@ -163,7 +167,7 @@ def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor])
         wq, frac_w = quantise_weights(w, build, f"h_s layer {i}")
         acc_frac = frac_in + frac_w
         shift = 0 if last else acc_frac - frac_out
-        bq = np.round(b * 2.0**acc_frac).astype(np.int64)
+        bq = fixed_point(b, acc_frac)
         params[f"hs{i}_kind"] = np.array(kind)
         params[f"hs{i}_w"] = wq
         params[f"hs{i}_b"] = bq
@@ -196,7 +200,7 @@ def quantise_context(
     """The checkerboard context model on integers (pillow_dcv.prior.IntegerHyperSynthesis.context).
 
     Its input is the decoded anchors y_hat, known exactly in units of 2**-out_frac, rounded to
-    ``frac_in`` fractional bits so that the calibrated maximum is about 2**ACTIVATION_BITS; the
+    ``frac_in`` fractional bits so that the calibrated maximum is about 2**CONTEXT_INPUT_BITS; the
     hidden layer is calibrated like the hyper-synthesis'; the 1x1 output layer is shifted to the
     hyper-synthesis' output units, to which it is added.
     """
@@ -223,8 +227,7 @@ def quantise_context(
     b0 = conv0.bias.detach().double().numpy()
 
     def build0(wq, frac_w):
-        bq = np.round(b0 * 2.0 ** (frac_in + frac_w)).astype(np.int64)
-        return _CheckerboardConv(wq, bq, frac_in + frac_w - frac_hidden, input_max)
+        return _CheckerboardConv(wq, fixed_point(b0, frac_in + frac_w), frac_in + frac_w - frac_hidden, input_max)
 
     w0q, frac_w0 = quantise_weights(w0, build0, "context layer 0")
     w1 = head.weight.detach().double().numpy()
@@ -237,10 +240,10 @@ def quantise_context(
         "ctx_input_shift": np.array(out_frac - frac_in),
         "ctx_input_max": np.array(input_max),
         "ctx0_w": w0q,
-        "ctx0_b": np.round(b0 * 2.0 ** (frac_in + frac_w0)).astype(np.int64),
+        "ctx0_b": fixed_point(b0, frac_in + frac_w0),
         "ctx0_shift": np.array(frac_in + frac_w0 - frac_hidden),
         "ctx1_w": w1q,
-        "ctx1_b": np.round(b1 * 2.0 ** (frac_hidden + frac_w1)).astype(np.int64),
+        "ctx1_b": fixed_point(b1, frac_hidden + frac_w1),
         "ctx1_shift": np.array(frac_hidden + frac_w1 - out_frac),
     }
 
