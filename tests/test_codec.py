@@ -10,6 +10,7 @@ from conftest import psnr
 
 from pillow_dcv import codec, entropy
 from pillow_dcv.models import get_model
+from pillow_dcv.prior import ScaleIndex
 
 
 def encode(pixels: np.ndarray, quality: float = 4, **options) -> tuple[bytes, codec.Info]:
@@ -135,6 +136,29 @@ def test_context_saves_bits_and_models_without_one_still_work(sample, monkeypatc
 def model_prior_params() -> dict[str, np.ndarray]:
     with np.load(get_model().folder / "prior.npz") as f:
         return {k: f[k] for k in f.files}
+
+
+@pytest.mark.parametrize("thresholds", ["model", "dense", "wide"])
+def test_scale_index_equals_searchsorted(thresholds: str) -> None:
+    """The keyed lookup gives searchsorted's index for every accumulator: each threshold and its
+    neighbours, the int64 extremes and random values (the dense set falls back to searchsorted)."""
+    t = {
+        "model": get_model().prior.scale_thresholds,
+        "dense": np.arange(2**22, 2**22 + 100, dtype=np.int64),  # keys this fine need 22 mantissa bits ...
+        "wide": np.unique(np.geomspace(3, 2**23, 40).astype(np.int64)),
+    }[thresholds]
+    lookup = ScaleIndex(t)
+    assert (lookup.lut is None) == (thresholds == "dense")  # ... with 15 mantissa bits or fewer
+    rng = np.random.default_rng(0)
+    info = np.iinfo(np.int64)
+    acc = np.concatenate([
+        (t[:, None] + np.arange(-2, 3)).ravel(),
+        [info.min, info.min + 1, -1, 0, 1, info.max - 1, info.max, 2**24, 2**31, 2**53 + 1],
+        rng.integers(-(2**20), 2 * int(t[-1]), 200_000),
+        rng.integers(info.min, info.max, 1000, dtype=np.int64),
+    ]).astype(np.int64)
+    np.testing.assert_array_equal(lookup(acc), np.searchsorted(t, acc, side="right"))
+    np.testing.assert_array_equal(lookup(acc.reshape(-1, 5)), np.searchsorted(t, acc, side="right").reshape(-1, 5))
 
 
 def test_integer_prior_does_not_depend_on_summation_order(photo) -> None:
