@@ -148,10 +148,10 @@ class _CheckerboardConv:
 class ScaleIndex:
     """searchsorted(thresholds, acc, side="right") in a few passes instead of a binary search.
 
-    The key of an accumulator is its float32 exponent and top mantissa bits: integer -> float32
-    conversion is correctly rounded and monotone, so keys are ordered like the accumulators. With
-    enough mantissa bits no key holds two thresholds; then the index is the number of thresholds
-    with a smaller key plus one exact integer comparison. Equal to searchsorted for every int64
+    Accumulators are clipped to [0, last threshold] (which keeps every index) and so are below
+    2**24, exact in float32. The key of one is its float32 exponent and top mantissa bits, ordered
+    like the accumulators. With enough mantissa bits no key holds two thresholds; then the index is
+    the number of thresholds with a smaller key plus one exact integer comparison. Equal to searchsorted for every int64
     (tests/test_codec.py), 4x faster on a Kodak tile.
     """
 
