@@ -31,10 +31,11 @@ from model import SCALE_MIN, DCVModel, anchor_mask  # noqa: E402
 WEIGHT_BITS = 15  # at most; fewer where needed for exact float32 GEMMs (quantise_hyper_synthesis)
 ACTIVATION_BITS = 9  # calibrated maximum maps to 2**9 ...
 ACTIVATION_MAX = 2**10 - 1  # ... and the runtime clips at twice that (0.1 % larger files than 15 bits)
-# The context model's input (the decoded anchors) at 10 bits and 6-bit weights keeps its float32 GEMMs
-# exact; measured on dcv-ms2-s05 (estimated bits against the float model): 6 input bits +1.27 %,
-# 8 +0.47 %, 10 +0.28 %, 11 (5-bit weights) +0.61 %, 12 (15-bit weights, float64) +0.38 %
-CONTEXT_INPUT_BITS = 10
+# The context model's input (the decoded anchors) precision: more input bits leave fewer weight bits
+# for exact float32 GEMMs (10 input bits: 6-bit weights). The best trade moves as the model trains
+# (estimated bits against the float model, dcv-ms2-s05: 8 bits +0.47 %, 10 +0.28 %, 11 +0.61 %;
+# dcv-ms2-s06: 8 +0.79 %, 9 +0.69 %, 10 +0.93 %, 11 +1.42 %), so export measures these and keeps the best.
+CONTEXT_INPUT_BITS = (8, 9, 10)
 SCALE_TABLE = np.exp(np.linspace(math.log(SCALE_MIN), math.log(256.0), 64))
 TABLE_PRECISION = 2**20
 Z_SEARCH = 512  # hyper-latent support searched for the factorized tables
@@ -195,12 +196,12 @@ def quantise_weights(w: np.ndarray, build, name: str) -> tuple[np.ndarray, int]:
 
 
 def quantise_context(
-    model: DCVModel, calibration: list[tuple[torch.Tensor, torch.Tensor]], out_frac: int
+    model: DCVModel, calibration: list[tuple[torch.Tensor, torch.Tensor]], out_frac: int, input_bits: int
 ) -> dict[str, np.ndarray]:
     """The checkerboard context model on integers (pillow_dcv.prior.IntegerHyperSynthesis.context).
 
     Its input is the decoded anchors y_hat, known exactly in units of 2**-out_frac, rounded to
-    ``frac_in`` fractional bits so that the calibrated maximum is about 2**CONTEXT_INPUT_BITS; the
+    ``frac_in`` fractional bits so that the calibrated maximum is about 2**input_bits; the
     hidden layer is calibrated like the hyper-synthesis'; the 1x1 output layer is shifted to the
     hyper-synthesis' output units, to which it is added.
     """
@@ -221,8 +222,8 @@ def quantise_context(
             y_max = max(y_max, float((y_hat * anchor).abs().max()))
             hidden = torch.relu(conv0(y_hat * anchor)) * ~anchor
             hidden_max = max(hidden_max, float(hidden.max()))
-    frac_in = min(out_frac, int(math.floor(math.log2(2**CONTEXT_INPUT_BITS / y_max))))
-    input_max = 2 ** (CONTEXT_INPUT_BITS + 1) - 1
+    frac_in = min(out_frac, int(math.floor(math.log2(2**input_bits / y_max))))
+    input_max = 2 ** (input_bits + 1) - 1
     frac_hidden = int(math.floor(math.log2(2**ACTIVATION_BITS / hidden_max)))
     b0 = conv0.bias.detach().double().numpy()
 
@@ -343,10 +344,10 @@ def main() -> None:
                 calib_y.append(y)
                 calib_z.append(torch.round(model.h_a(y)))
     params = quantise_hyper_synthesis(model, calib_z)
-    if model.context_channels:
-        params.update(quantise_context(model, list(zip(calib_y, calib_z)), int(params["hs_out_frac_bits"])))
     params.update(gaussian_tables())
     params.update(factorized_tables(model))
+    if model.context_channels:
+        params.update(best_context(model, params, list(zip(calib_y, calib_z))))
     params["gain"] = model.gain.detach().numpy().astype(np.float32)
     params["inv_gain"] = model.inv_gain.detach().numpy().astype(np.float32)
     np.savez_compressed(out / "prior.npz", **params)
@@ -355,6 +356,47 @@ def main() -> None:
     (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
     check(model, out, calib_paths[:2], list(zip(calib_y, calib_z)))
     print(f"exported {args.model_id} (step {step}) to {out}")
+
+
+def best_context(
+    model: DCVModel, params: dict[str, np.ndarray], calibration: list[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, np.ndarray]:
+    """The integer context with the input precision (CONTEXT_INPUT_BITS) that costs the fewest bits."""
+    from pillow_dcv.prior import IntegerHyperSynthesis
+
+    best, best_cost = None, math.inf
+    for bits in CONTEXT_INPUT_BITS:
+        context = quantise_context(model, calibration, int(params["hs_out_frac_bits"]), bits)
+        cost = integer_prior_cost(model, IntegerHyperSynthesis({**params, **context}), calibration)
+        print(f"context input {bits} bits: {cost * 100:+.2f} % estimated bits against the float model")
+        if cost < best_cost:
+            best, best_cost = context, cost
+    return best
+
+
+def integer_prior_cost(
+    model: DCVModel, prior, calibration: list[tuple[torch.Tensor, torch.Tensor]], verbose: bool = False
+) -> float:
+    """Estimated bits of y with the integer prior's tables over those of the float model, minus 1."""
+    thresholds = np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:])
+    bits_float, bits_integer = 0.0, 0.0
+    for y, z in calibration[::3]:
+        with torch.no_grad():
+            _, scale, mu = model.entropy_parameters(y, model.h_s(z))
+        acc = prior.hyper(z[0].numpy())
+        mu_int, index = prior.tables(acc)
+        y64 = y[0].double().numpy()
+        if prior.has_context:
+            mu_int, index = prior.tables(prior.context(acc, np.rint(y64 - mu_int).astype(np.int64)))
+        if verbose:
+            ref_index = np.searchsorted(thresholds, scale[0].numpy(), side="right")
+            print(
+                f"integer prior: mu max abs error {np.abs(mu_int - mu[0].numpy()).max():.2e}, "
+                f"scale index agrees on {np.mean(index == ref_index) * 100:.2f}%"
+            )
+        bits_float += estimated_bits(y64 - mu[0].double().numpy(), scale[0].double().numpy())
+        bits_integer += estimated_bits(y64 - mu_int, SCALE_TABLE[index])
+    return bits_integer / bits_float - 1
 
 
 def check(model: DCVModel, out: Path, paths: list[Path], calibration: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -379,24 +421,8 @@ def check(model: DCVModel, out: Path, paths: list[Path], calibration: list[tuple
         print(f"onnx vs torch max abs error on {p.name}: y {err[0]:.2e} z {err[1]:.2e} x_hat {err[2]:.2e}")
         assert max(err[0], err[1]) < 0.05 and err[2] < 0.01, err  # fp16-stored weights
     prior = IntegerHyperSynthesis(dict(np.load(out / "prior.npz")))
-    thresholds = np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:])
-    bits_float, bits_integer = 0.0, 0.0
-    for y, z in calibration[::3]:
-        with torch.no_grad():
-            _, scale, mu = model.entropy_parameters(y, model.h_s(z))
-        acc = prior.hyper(z[0].numpy())
-        mu_int, index = prior.tables(acc)
-        y64 = y[0].double().numpy()
-        if prior.has_context:
-            mu_int, index = prior.tables(prior.context(acc, np.rint(y64 - mu_int).astype(np.int64)))
-        ref_index = np.searchsorted(thresholds, scale[0].numpy(), side="right")
-        print(
-            f"integer prior: mu max abs error {np.abs(mu_int - mu[0].numpy()).max():.2e}, "
-            f"scale index agrees on {np.mean(index == ref_index) * 100:.2f}%"
-        )
-        bits_float += estimated_bits(y64 - mu[0].double().numpy(), scale[0].double().numpy())
-        bits_integer += estimated_bits(y64 - mu_int, SCALE_TABLE[index])
-    print(f"integer prior: {(bits_integer / bits_float - 1) * 100:+.2f} % estimated bits against the float model")
+    cost = integer_prior_cost(model, prior, calibration, verbose=True)
+    print(f"integer prior: {cost * 100:+.2f} % estimated bits against the float model")
 
 
 def estimated_bits(residual: np.ndarray, scale: np.ndarray) -> float:
