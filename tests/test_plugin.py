@@ -243,7 +243,7 @@ def test_register_is_idempotent() -> None:
 
 
 # PSNR floors per integer quality for small random crops of the sample photo. They sit under the worst
-# case seen for the first shipped model dcv-ms1-s01 and still hold for dcv-ms2-s05 (random crops: lowest
+# case seen for the first shipped model dcv-ms1-s01 and still hold for dcv-ms2-s06 (random crops: lowest
 # 17.4 dB at q2, medians 27-33 dB; thin strips are worse: 15.0 dB for 1x46 at q2, hence the allowance)
 # and above a decoder that returns a flat or black picture (7-11 dB). Raise them as the models improve.
 # The larger test images above carry the stronger bounds.
