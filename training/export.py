@@ -207,6 +207,8 @@ def quantise_context(
     """
     from pillow_dcv.prior import _CheckerboardConv, checkerboard_taps
 
+    if model.context_fusion is not None:
+        raise NotImplementedError("context_fusion (an A/B arm) has no integer runtime path yet")
     conv0, head = model.context_prediction[0], model.context_prediction[2]
     k = conv0.kernel_size[0]
     w0 = conv0.weight.detach().double().numpy().copy()

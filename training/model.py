@@ -170,6 +170,7 @@ class DCVModel(nn.Module):
         analysis_channels: tuple[int, ...] | None = None,
         context_channels: int = 0,
         context_kernel: int = 5,
+        context_fusion: bool = False,
     ) -> None:
         super().__init__()
         self.n, self.m, self.nz, self.nh = n, m, nz, nh
@@ -184,6 +185,14 @@ class DCVModel(nn.Module):
         self.context_channels = context_channels
         if context_channels:
             self.context_prediction = context_prediction(m, context_channels, context_kernel)
+        # Fusion (A/B, session 5): the context's hidden layer also sees the hyperprior's means and
+        # scales at the same position (a 1x1 convolution, zero at the start), so its correction can
+        # depend on what the hyperprior already predicts, as in the entropy-parameters networks of
+        # Minnen et al. 2018 and He et al. 2021.
+        self.context_fusion = nn.Conv2d(2 * m, context_channels, 1) if context_channels and context_fusion else None
+        if self.context_fusion is not None:
+            nn.init.zeros_(self.context_fusion.weight)
+            nn.init.zeros_(self.context_fusion.bias)
         self.entropy_bottleneck = EntropyBottleneck(nz)
         # Gain units (Cui et al. 2020): one gain vector per quality on the latent, and its inverse.
         # Initialised so that the quantisation step shrinks with lambda, which the model then refines.
@@ -223,7 +232,12 @@ class DCVModel(nn.Module):
         if not self.context_channels:
             return y_hat, scale, mu
         anchor = anchor_mask(y.shape[2], y.shape[3], y.device)
-        scale_c, mu_c = self.context_prediction(y_hat * anchor).float().chunk(2, dim=1)
+        if self.context_fusion is None:
+            correction = self.context_prediction(y_hat * anchor)
+        else:
+            conv0, relu, head = self.context_prediction
+            correction = head(relu(conv0(y_hat * anchor) + self.context_fusion(hyper)))
+        scale_c, mu_c = correction.float().chunk(2, dim=1)
         scale = torch.where(anchor, scale, scale + scale_c)
         mu = torch.where(anchor, mu, mu + mu_c)
         y_hat = torch.where(anchor, y_hat, rounding(y - mu) + mu)
