@@ -150,7 +150,7 @@ def test_scale_index_equals_searchsorted(thresholds: str) -> None:
         "wide": np.unique(np.geomspace(3, 2**23, 40).astype(np.int64)),
     }[thresholds]
     lookup = ScaleIndex(t)
-    assert (lookup.lut is None) == (thresholds == "dense")  # ... with 15 mantissa bits or fewer
+    assert (lookup.below is None) == (thresholds == "dense")  # ... with 15 mantissa bits or fewer
     rng = np.random.default_rng(0)
     info = np.iinfo(np.int64)
     acc = np.concatenate([
