@@ -96,6 +96,11 @@ def requantise(acc: np.ndarray, shift: int) -> np.ndarray:
     return np.floor((acc + acc.dtype.type(2 ** (shift - 1))) * acc.dtype.type(2.0**-shift))
 
 
+def requantise_int(acc: np.ndarray, shift: int) -> np.ndarray:
+    """requantise() on int64: an arithmetic right shift of acc + 2**(shift - 1), or a left shift."""
+    return (acc + (1 << (shift - 1))) >> shift if shift > 0 else acc << -shift
+
+
 def anchor_mask(h: int, w: int) -> np.ndarray:
     """Checkerboard: positions (i + j) even are anchors, coded before the others."""
     return (np.add.outer(np.arange(h), np.arange(w)) % 2) == 0
@@ -189,7 +194,8 @@ class ScaleIndex:
 class IntegerHyperSynthesis:
     """The integer prior as exported by training/export.py: hyper-synthesis layers (kind, weight,
     bias, shift) with ReLU between, and for models with a checkerboard context model, two context
-    layers whose output corrects the means and scales of the non-anchor positions.
+    layers whose output corrects the means and scales of the non-anchor positions. With context
+    fusion (`ctxf_*`), the context's hidden layer also sees the hyperprior's own S and U there.
 
     Every step is on integers: `hyper` and `context` return int64 accumulators in units of
     2**-output_frac_bits, `tables` turns them into means and scale indices. `matmul` computes the
@@ -227,10 +233,18 @@ class IntegerHyperSynthesis:
             )
             self._context_head = _Layer("conv", params["ctx1_w"], params["ctx1_b"], int(params["ctx1_shift"]), False)
             self._context_head.choose_dtype(self.activation_max)
+        self._fusion = None
+        if "ctxf_w" in params:
+            self.fusion_input_shift = int(params["ctxf_input_shift"])
+            self.fusion_input_max = int(params["ctxf_input_max"])
+            self.fusion_shift = int(params["ctxf_shift"])
+            self._fusion = _Layer("conv", params["ctxf_w"], params["ctxf_b"], self.fusion_shift, True)
+            self._fusion.choose_dtype(self.fusion_input_max)
 
     @property
     def dtypes(self) -> list[str]:
         layers = self._gemms + ([self._context_conv, self._context_head] if self.has_context else [])
+        layers += [self._fusion] if self.has_context and self._fusion is not None else []
         return [layer.dtype.__name__ for layer in layers]
 
     def __call__(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -259,17 +273,26 @@ class IntegerHyperSynthesis:
         m, h, w = y_sym.shape
         if h % 2 or w % 2:
             raise ValueError("the checkerboard context needs an even latent height and width")
-        s = self.context_input_shift
         anchors = []
         for r, q in ANCHOR_PHASES:
             y_fixed = (y_sym[:, r::2, q::2].astype(np.int64) << self.output_frac_bits) + acc[m:, r::2, q::2]
-            x = (y_fixed + (1 << (s - 1))) >> s if s > 0 else y_fixed << -s
+            x = requantise_int(y_fixed, self.context_input_shift)
             anchors.append(np.clip(x, -self.context_input_max, self.context_input_max))
-        hidden = self._context_conv(anchors, self.matmul)
-        hidden = np.clip(requantise(hidden, self._context_conv.shift), 0, self.activation_max)
+        hidden = self._context_conv(anchors, self.matmul).astype(np.int64)
+        if self._fusion is not None:
+            hidden += self._fused_hyperprior(acc)
+        hidden = np.clip(requantise_int(hidden, self._context_conv.shift), 0, self.activation_max)
         head = self._context_head  # a 1x1 convolution: the n positions as an n x 1 image
         correction = requantise(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift).astype(np.int64)
         out = acc.copy()
         for (r, q), part in zip(OTHER_PHASES, np.split(correction, 2, axis=1)):
             out[:, r::2, q::2] += part.reshape(2 * m, h // 2, w // 2)
         return out
+
+    def _fused_hyperprior(self, acc: np.ndarray) -> np.ndarray:
+        """S and U at the non-anchors (in the context's order), requantised and clipped, through a
+        1x1 convolution into the units of the context's layer-0 accumulator."""
+        x = np.concatenate([acc[:, r::2, q::2].reshape(len(acc), -1) for r, q in OTHER_PHASES], axis=1)
+        x = np.clip(requantise_int(x, self.fusion_input_shift), -self.fusion_input_max, self.fusion_input_max)
+        out = self._fusion(x[:, :, None], self.matmul)[:, :, 0].astype(np.int64)
+        return requantise_int(out, self.fusion_shift)

@@ -46,15 +46,18 @@ def reference_prior(prior, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu_acc, np.searchsorted(prior.scale_thresholds, scale_acc, side="right")
 
 
+def shift_round(acc: np.ndarray, shift: int) -> np.ndarray:
+    return (acc + (1 << (shift - 1))) >> shift if shift > 0 else acc << -shift
+
+
 def reference_context(params: dict[str, np.ndarray], prior, acc: np.ndarray, y_sym: np.ndarray) -> np.ndarray:
     """The context correction in plain int64 arithmetic, as a dense convolution over the whole
     latent with the non-anchors zeroed (their taps multiply zeros): no gathering, no floats."""
     m, h, w = y_sym.shape
     anchor = (np.add.outer(np.arange(h), np.arange(w)) % 2) == 0
-    s = int(params["ctx_input_shift"])
     y_fixed = y_sym * (1 << prior.output_frac_bits) + acc[m:]
     clip = int(params["ctx_input_max"])
-    x = np.clip((y_fixed + (1 << (s - 1))) >> s, -clip, clip) * anchor
+    x = np.clip(shift_round(y_fixed, int(params["ctx_input_shift"])), -clip, clip) * anchor
     w0, b0 = params["ctx0_w"].astype(np.int64), params["ctx0_b"].astype(np.int64)
     k = w0.shape[-1]
     xp = np.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2)))
@@ -62,12 +65,14 @@ def reference_context(params: dict[str, np.ndarray], prior, acc: np.ndarray, y_s
     for i in range(k):
         for j in range(k):
             hidden += np.einsum("oc,chw->ohw", w0[:, :, i, j], xp[:, i : i + h, j : j + w])
-    shift = int(params["ctx0_shift"])
-    hidden = np.clip((hidden + (1 << (shift - 1))) >> shift, 0, prior.activation_max)
+    if "ctxf_w" in params:  # context fusion: the hyperprior's S and U, in layer 0's units
+        clip = int(params["ctxf_input_max"])
+        x = np.clip(shift_round(acc, int(params["ctxf_input_shift"])), -clip, clip)
+        fused = np.einsum("oc,chw->ohw", params["ctxf_w"][:, :, 0, 0].astype(np.int64), x)
+        hidden += shift_round(fused + params["ctxf_b"].astype(np.int64)[:, None, None], int(params["ctxf_shift"]))
+    hidden = np.clip(shift_round(hidden, int(params["ctx0_shift"])), 0, prior.activation_max)
     out = np.einsum("oc,chw->ohw", params["ctx1_w"][:, :, 0, 0].astype(np.int64), hidden)
-    out += params["ctx1_b"].astype(np.int64)[:, None, None]
-    shift = int(params["ctx1_shift"])
-    out = (out + (1 << (shift - 1))) >> shift if shift > 0 else out << -shift
+    out = shift_round(out + params["ctx1_b"].astype(np.int64)[:, None, None], int(params["ctx1_shift"]))
     return np.where(anchor, acc, acc + out)
 
 
@@ -186,7 +191,7 @@ def test_integer_prior_float32_and_float64_agree(photo, monkeypatch: pytest.Monk
     params["hs_activation_max"] = np.array(1023)
     narrowed = [(f"hs{i}", 127) for i in range(int(params["hs_layers"]))]
     if "ctx0_w" in params:
-        narrowed += [("ctx0", 7), ("ctx1", 127)]
+        narrowed += [("ctx0", 7), ("ctx1", 127)] + ([("ctxf", 127)] if "ctxf_w" in params else [])
     for name, largest in narrowed:
         w = params[f"{name}_w"].astype(np.float64)
         params[f"{name}_w"] = np.round(w * largest / np.abs(w).max()).astype(np.int16)
