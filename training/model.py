@@ -126,6 +126,17 @@ def context_prediction(m: int, channels: int, kernel: int = 5) -> nn.Sequential:
     return nn.Sequential(conv(m, channels, kernel, 1), nn.ReLU(), head)
 
 
+def channel_context_prediction(m: int, channels: int) -> nn.Sequential:
+    """Channel context (A/B, session 6): the second half of the latent channels is corrected from
+    the first half, already decoded at the same and the neighbouring positions (a 3x3 convolution,
+    ReLU, a zero-initialised 1x1 head). Anchors see only the first half's anchors; the others see
+    all of the first half. As in Minnen & Singh 2020 and He et al. 2022 (ELIC), with two slices."""
+    head = nn.Conv2d(channels, m, 1)  # means and scales of the M/2 channels of the second slice
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return nn.Sequential(conv(m // 2, channels, 3, 1), nn.ReLU(), head)
+
+
 def analysis_transform(m: int, channels: tuple[int, ...]) -> nn.Sequential:
     """Four strided 5x5 convolutions, each halving the size, with GDN between them.
 
@@ -171,6 +182,7 @@ class DCVModel(nn.Module):
         context_channels: int = 0,
         context_kernel: int = 5,
         context_fusion: bool = False,
+        channel_context: int = 0,
     ) -> None:
         super().__init__()
         self.n, self.m, self.nz, self.nh = n, m, nz, nh
@@ -193,6 +205,11 @@ class DCVModel(nn.Module):
         if self.context_fusion is not None:
             nn.init.zeros_(self.context_fusion.weight)
             nn.init.zeros_(self.context_fusion.bias)
+        # Two-slice channel context (A/B, session 6): one network for the anchors, one for the others.
+        self.channel_context = channel_context
+        if channel_context:
+            self.channel_context_anchor = channel_context_prediction(m, channel_context)
+            self.channel_context_other = channel_context_prediction(m, channel_context)
         self.entropy_bottleneck = EntropyBottleneck(nz)
         # Gain units (Cui et al. 2020): one gain vector per quality on the latent, and its inverse.
         # Initialised so that the quantisation step shrinks with lambda, which the model then refines.
@@ -228,6 +245,8 @@ class DCVModel(nn.Module):
         corrected by the context model, which sees only the quantised anchors.
         """
         scale, mu = hyper.chunk(2, dim=1)
+        if self.channel_context:
+            return self._entropy_parameters_sliced(y, hyper, rounding)
         y_hat = rounding(y - mu) + mu
         if not self.context_channels:
             return y_hat, scale, mu
@@ -241,6 +260,41 @@ class DCVModel(nn.Module):
         scale = torch.where(anchor, scale, scale + scale_c)
         mu = torch.where(anchor, mu, mu + mu_c)
         y_hat = torch.where(anchor, y_hat, rounding(y - mu) + mu)
+        return y_hat, scale, mu
+
+    def _spatial_correction(self, y_hat_anchors: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        conv0, relu, head = self.context_prediction
+        hidden = conv0(y_hat_anchors)
+        if self.context_fusion is not None:
+            hidden = hidden + self.context_fusion(hyper)
+        return head(relu(hidden)).float()
+
+    def _entropy_parameters_sliced(
+        self, y: torch.Tensor, hyper: torch.Tensor, rounding
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decoding order: anchors of slice 1 (hyperprior), anchors of slice 2 (+ channel context
+        from slice 1's anchors), then all non-anchors (+ the checkerboard context from all anchors),
+        slice 2's also with the channel context from all of slice 1."""
+        half = self.m // 2
+        anchor = anchor_mask(y.shape[2], y.shape[3], y.device)
+        scale, mu = hyper.chunk(2, dim=1)
+        y1 = y[:, :half]
+        # anchors
+        y1_hat = rounding(y1 - mu[:, :half]) + mu[:, :half]
+        ds, dm = self.channel_context_anchor(y1_hat * anchor).float().chunk(2, dim=1)
+        scale_a = torch.cat([scale[:, :half], scale[:, half:] + ds], 1)
+        mu_a = torch.cat([mu[:, :half], mu[:, half:] + dm], 1)
+        y_hat_a = rounding(y - mu_a) + mu_a
+        # non-anchors
+        scale_c, mu_c = self._spatial_correction(y_hat_a * anchor, hyper).chunk(2, dim=1)
+        scale_n, mu_n = scale + scale_c, mu + mu_c
+        y1_full = torch.where(anchor, y_hat_a[:, :half], rounding(y1 - mu_n[:, :half]) + mu_n[:, :half])
+        ds, dm = self.channel_context_other(y1_full).float().chunk(2, dim=1)
+        scale_n = torch.cat([scale_n[:, :half], scale_n[:, half:] + ds], 1)
+        mu_n = torch.cat([mu_n[:, :half], mu_n[:, half:] + dm], 1)
+        scale = torch.where(anchor, scale_a, scale_n)
+        mu = torch.where(anchor, mu_a, mu_n)
+        y_hat = torch.where(anchor, y_hat_a, rounding(y - mu) + mu)
         return y_hat, scale, mu
 
 

@@ -29,11 +29,12 @@ def expand(p: str) -> Path:
 
 
 def learning_rate(step: int, cfg: dict, warm_from: int = 0) -> float:
-    """Linear warm-up from ``warm_from`` (the step a run was initialised at), then cosine decay."""
-    if step - warm_from < cfg["warmup_steps"]:
-        return cfg["lr"] * (step - warm_from + 1) / cfg["warmup_steps"]
+    """Cosine decay, with a linear warm-up to it from ``warm_from`` (the step a run was initialised at)."""
     t = min(1.0, step / cfg["decay_steps"])
-    return cfg["lr_final"] + 0.5 * (cfg["lr"] - cfg["lr_final"]) * (1 + math.cos(math.pi * t))
+    lr = cfg["lr_final"] + 0.5 * (cfg["lr"] - cfg["lr_final"]) * (1 + math.cos(math.pi * t))
+    if step - warm_from < cfg["warmup_steps"]:
+        return lr * (step - warm_from + 1) / cfg["warmup_steps"]
+    return lr
 
 
 def to_tensor(batch: np.ndarray) -> torch.Tensor:
