@@ -16,7 +16,6 @@ import numpy as np
 
 from . import container, entropy
 from .models import DEFAULT_MODEL, Model, get_model
-from .prior import anchor_mask
 
 DOWNSAMPLING = 64  # g_a (x16) then h_a (x4): tiles are padded to a multiple of this
 DEFAULT_TILE_SIZE = 1024
@@ -139,14 +138,19 @@ def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: n
     z_sym = model.z_tables.clamp(np.rint(z).astype(np.int64), z_channel)
     y = y.astype(np.float64)
     acc = model.prior.hyper(z_sym)
-    y_sym, scale_index = quantise_latent(model, y, acc)
-    if model.prior.has_context:  # the anchors' symbols, around the hyperprior's means, give the context
-        y_sym, scale_index = quantise_latent(model, y, model.prior.context(acc, y_sym))
+    y_sym = np.zeros(y.shape, dtype=np.int64)
+    scale_index = np.zeros(y.shape, dtype=np.int64)
+    stages = model.prior.stages(y.shape)
+    for mask, update in stages:  # each part is quantised around the means the decoder will have for it
+        if update is not None:
+            acc = update(acc, y_sym)
+        symbols, indices = quantise_latent(model, y, acc)
+        y_sym[mask], scale_index[mask] = symbols[mask], indices[mask]
     return {
         "index": index,
         "symbols_crc": symbols_crc(z_sym, y_sym),
         "z_stream": entropy.encode([(z_sym, z_channel)], model.z_tables),
-        "y_stream": entropy.encode(latent_parts(model, y_sym, scale_index), model.y_tables),
+        "y_stream": entropy.encode([(y_sym[mask], scale_index[mask]) for mask, _ in stages], model.y_tables),
     }
 
 
@@ -154,14 +158,6 @@ def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray) -> tuple[np.nd
     """Symbols around the means of the prior's accumulators, and their table indices."""
     mu, scale_index = model.prior.tables(acc)
     return model.y_tables.clamp(np.rint(y - mu).astype(np.int64), scale_index), scale_index
-
-
-def latent_parts(model: Model, y_sym: np.ndarray, scale_index: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The y stream's parts: the anchors, then the rest, for a model with a checkerboard context."""
-    if not model.prior.has_context:
-        return [(y_sym, scale_index)]
-    anchor = np.broadcast_to(anchor_mask(*y_sym.shape[1:]), y_sym.shape)
-    return [(y_sym[anchor], scale_index[anchor]), (y_sym[~anchor], scale_index[~anchor])]
 
 
 def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray:
@@ -172,16 +168,13 @@ def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray
     try:
         z_sym = entropy.decode(tile["z_stream"], z_channel, model.z_tables).reshape(z_shape)
         acc = model.prior.hyper(z_sym)
-        mu, scale_index = model.prior.tables(acc)
+        y_sym = np.zeros((acc.shape[0] // 2, *acc.shape[1:]), dtype=np.int64)
         stream = entropy.Decoder(tile["y_stream"])
-        if model.prior.has_context:
-            y_sym = np.zeros(scale_index.shape, dtype=np.int64)
-            anchor = np.broadcast_to(anchor_mask(*y_sym.shape[1:]), y_sym.shape)
-            y_sym[anchor] = stream.decode(scale_index[anchor], model.y_tables)
-            mu, scale_index = model.prior.tables(model.prior.context(acc, y_sym))
-            y_sym[~anchor] = stream.decode(scale_index[~anchor], model.y_tables)
-        else:
-            y_sym = stream.decode(scale_index, model.y_tables).reshape(scale_index.shape)
+        for mask, update in model.prior.stages(y_sym.shape):
+            if update is not None:
+                acc = update(acc, y_sym)
+            mu, scale_index = model.prior.tables(acc)
+            y_sym[mask] = stream.decode(scale_index[mask], model.y_tables)
         stream.finish()
     except (ValueError, RuntimeError, OverflowError) as e:
         raise CorruptFileError(f"damaged entropy-coded data in tile {tile['index']}: {e}") from None

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 MatMul = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Update = Callable[[np.ndarray, np.ndarray], np.ndarray]
 DEFAULT_ACTIVATION_MAX = 2**16 - 1  # models without `hs_activation_max` (dcv-ms2-s03 and older)
 FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
@@ -119,14 +120,25 @@ ANCHOR_PHASES = ((0, 0), (1, 1))
 OTHER_PHASES = ((0, 1), (1, 0))
 
 
-class _CheckerboardConv:
-    """A k x k convolution over the anchors, evaluated at the non-anchor positions only: just the
-    taps with (dy + dx) odd see an anchor, so the GEMM has half the taps and a quarter of the work."""
+ALL_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
 
-    def __init__(self, w: np.ndarray, b: np.ndarray, shift: int, input_max: int) -> None:
-        self.shift = shift
+
+class _PhaseConv:
+    """A k x k convolution of an input known only at some phases of the latent's 2x2 grid (zeros
+    elsewhere), evaluated at some phases only. Just the taps that reach a known input count: for the
+    checkerboard context (anchors in, non-anchors out) half the taps and a quarter of the work."""
+
+    def __init__(
+        self, w: np.ndarray, b: np.ndarray, shift: int, input_max: int,
+        in_phases: tuple[tuple[int, int], ...], out_phases: tuple[tuple[int, int], ...],
+    ) -> None:
+        self.shift, self.in_phases, self.out_phases = shift, in_phases, out_phases
         self.pad = w.shape[-1] // 2
-        self.taps = checkerboard_taps(w.shape[-1])
+        r = range(-self.pad, self.pad + 1)
+        reach = [{(dy, dx) for dy in r for dx in r if ((a + dy) % 2, (e + dx) % 2) in in_phases} for a, e in out_phases]
+        if any(taps != reach[0] for taps in reach):
+            raise ValueError("output phases that see different taps")
+        self.taps = sorted(reach[0])
         taps = np.stack([w[:, :, self.pad + dy, self.pad + dx] for dy, dx in self.taps], axis=2)  # (O, C, T)
         matrix = taps.reshape(w.shape[0], -1)
         row_l1 = int(np.abs(matrix.astype(np.int64)).sum(axis=1).max())
@@ -134,17 +146,17 @@ class _CheckerboardConv:
         self.matrix = matrix.astype(self.dtype)
         self.bias = b.astype(self.dtype)[:, None]
 
-    def __call__(self, anchors: list[np.ndarray], matmul: MatMul) -> np.ndarray:
-        """anchors: the inputs at the two anchor phases, each (C, h/2, w/2) -> (O, n) at the
-        non-anchors, phase (0, 1) then phase (1, 0), each in raster order."""
-        c, h2, w2 = anchors[0].shape
+    def __call__(self, inputs: list[np.ndarray], matmul: MatMul) -> np.ndarray:
+        """inputs: the input at each of in_phases, each (C, h/2, w/2) -> (O, n) at out_phases, one
+        phase after the other, each in raster order."""
+        c, h2, w2 = inputs[0].shape
         p = self.pad
         xp = np.zeros((c, 2 * h2 + 2 * p, 2 * w2 + 2 * p), dtype=self.dtype)
-        for (r, q), x in zip(ANCHOR_PHASES, anchors):
+        for (r, q), x in zip(self.in_phases, inputs):
             xp[:, p + r : p + r + 2 * h2 : 2, p + q : p + q + 2 * w2 : 2] = x
-        patches = np.empty((c, len(self.taps), 2, h2, w2), dtype=self.dtype)
+        patches = np.empty((c, len(self.taps), len(self.out_phases), h2, w2), dtype=self.dtype)
         for t, (dy, dx) in enumerate(self.taps):
-            for n, (r, q) in enumerate(OTHER_PHASES):
+            for n, (r, q) in enumerate(self.out_phases):
                 y0, x0 = p + r + dy, p + q + dx
                 patches[:, t, n] = xp[:, y0 : y0 + 2 * h2 : 2, x0 : x0 + 2 * w2 : 2]
         return matmul(self.matrix, patches.reshape(c * len(self.taps), -1)) + self.bias
@@ -228,11 +240,28 @@ class IntegerHyperSynthesis:
         if self.has_context:
             self.context_input_shift = int(params["ctx_input_shift"])
             self.context_input_max = int(params["ctx_input_max"])
-            self._context_conv = _CheckerboardConv(
-                params["ctx0_w"], params["ctx0_b"], int(params["ctx0_shift"]), self.context_input_max
+            self._context_conv = _PhaseConv(
+                params["ctx0_w"], params["ctx0_b"], int(params["ctx0_shift"]), self.context_input_max,
+                ANCHOR_PHASES, OTHER_PHASES,
             )
             self._context_head = _Layer("conv", params["ctx1_w"], params["ctx1_b"], int(params["ctx1_shift"]), False)
             self._context_head.choose_dtype(self.activation_max)
+        self.has_channel_context = "cc_input_shift" in params
+        if self.has_channel_context:
+            self.channel_input_shift = int(params["cc_input_shift"])
+            self.channel_input_max = int(params["cc_input_max"])
+            self._channel_nets = {
+                anchors: (
+                    _PhaseConv(
+                        params[f"{net}0_w"], params[f"{net}0_b"], int(params[f"{net}0_shift"]), self.channel_input_max,
+                        ANCHOR_PHASES if anchors else ALL_PHASES, ANCHOR_PHASES if anchors else OTHER_PHASES,
+                    ),
+                    _Layer("conv", params[f"{net}1_w"], params[f"{net}1_b"], int(params[f"{net}1_shift"]), False),
+                )
+                for anchors, net in ((True, "cca"), (False, "cco"))
+            }
+            for _, head in self._channel_nets.values():
+                head.choose_dtype(self.activation_max)
         self._fusion = None
         if "ctxf_w" in params:
             self.fusion_input_shift = int(params["ctxf_input_shift"])
@@ -245,11 +274,33 @@ class IntegerHyperSynthesis:
     def dtypes(self) -> list[str]:
         layers = self._gemms + ([self._context_conv, self._context_head] if self.has_context else [])
         layers += [self._fusion] if self.has_context and self._fusion is not None else []
+        layers += [net for pair in self._channel_nets.values() for net in pair] if self.has_channel_context else []
         return [layer.dtype.__name__ for layer in layers]
 
     def __call__(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """z: (Cz, h, w) integers -> the hyperprior's (mu, scale index), each (M, 4h, 4w)."""
         return self.tables(self.hyper(z))
+
+    def stages(self, shape: tuple[int, int, int]) -> list[tuple[np.ndarray, Update | None]]:
+        """The order in which a tile's y symbols are coded, as (mask, update) pairs: before the
+        symbols under a mask are coded, update(acc, y_sym) refines the accumulators their tables come
+        from, using the symbols coded so far (None: the hyperprior's as they are). An update only
+        changes positions that later masks hold. The masks, concatenated, give the order of section
+        7.3: all anchors, then the rest, each in (channel, row, column) order."""
+        m, h, w = shape
+        everything = np.ones(shape, dtype=bool)
+        if not self.has_context:
+            return [(everything, None)]
+        anchor = np.broadcast_to(anchor_mask(h, w), shape)
+        if not self.has_channel_context:
+            return [(anchor, None), (~anchor, self.context)]
+        first = np.arange(m)[:, None, None] < m // 2
+        return [
+            (anchor & first, None),
+            (anchor & ~first, lambda acc, y_sym: self.channel_context(acc, y_sym, anchors=True)),
+            (~anchor & first, self.context),
+            (~anchor & ~first, lambda acc, y_sym: self.channel_context(acc, y_sym, anchors=False)),
+        ]
 
     def hyper(self, z: np.ndarray) -> np.ndarray:
         """z: (Cz, h, w) integers -> int64 accumulators (2M, 4h, 4w): scales, then means."""
@@ -287,6 +338,30 @@ class IntegerHyperSynthesis:
         out = acc.copy()
         for (r, q), part in zip(OTHER_PHASES, np.split(correction, 2, axis=1)):
             out[:, r::2, q::2] += part.reshape(2 * m, h // 2, w // 2)
+        return out
+
+    def channel_context(self, acc: np.ndarray, y_sym: np.ndarray, anchors: bool) -> np.ndarray:
+        """Accumulators with the second half of the channels corrected from the first half: at the
+        anchors from its anchors (anchors=True), or at the non-anchors from all of it.
+
+        The first half's decoded values y_hat = symbol + mu, exact in the accumulators' fixed point
+        (acc must hold the means those symbols were coded with), are requantised by cc_input_shift
+        bits and clipped, as the context's input is.
+        """
+        m, h, w = y_sym.shape
+        half = m // 2
+        conv, head = self._channel_nets[anchors]
+        y_fixed = (y_sym[:half].astype(np.int64) << self.output_frac_bits) + acc[m : m + half]
+        x = np.clip(requantise_int(y_fixed, self.channel_input_shift), -self.channel_input_max, self.channel_input_max)
+        hidden = conv([x[:, r::2, q::2] for r, q in conv.in_phases], self.matmul).astype(np.int64)
+        hidden = np.clip(requantise_int(hidden, conv.shift), 0, self.activation_max)
+        correction = requantise(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift).astype(np.int64)
+        out = acc.copy()
+        scale_part, mean_part = np.split(correction, 2, axis=0)
+        for n, (r, q) in enumerate(conv.out_phases):
+            cols = slice(n * (h // 2) * (w // 2), (n + 1) * (h // 2) * (w // 2))
+            out[half:m, r::2, q::2] += scale_part[:, cols].reshape(half, h // 2, w // 2)
+            out[m + half :, r::2, q::2] += mean_part[:, cols].reshape(half, h // 2, w // 2)
         return out
 
     def _fused_hyperprior(self, acc: np.ndarray) -> np.ndarray:

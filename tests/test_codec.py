@@ -145,6 +145,84 @@ def model_prior_params() -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+def with_channel_context(params: dict[str, np.ndarray], hidden: int = 16) -> dict[str, np.ndarray]:
+    """The model's prior plus a two-slice channel context with random small integer weights, so
+    that its integer path is tested whatever the shipped model has (corrections of about +-1)."""
+    rng = np.random.default_rng(7)
+    params = {k: v for k, v in params.items() if not k.startswith("cc")}
+    m = params[f"hs{int(params['hs_layers']) - 1}_b"].shape[0] // 2
+    frac = int(params["hs_out_frac_bits"])
+    params.update(cc_input_shift=np.array(frac - 2), cc_input_max=np.array(1023))
+    for net in ("cca", "cco"):
+        params[f"{net}0_w"] = rng.integers(-3, 4, (hidden, m // 2, 3, 3)).astype(np.int16)
+        params[f"{net}0_b"] = rng.integers(-2000, 2000, hidden)
+        params[f"{net}0_shift"] = np.array(8)
+        params[f"{net}1_w"] = rng.integers(-3, 4, (m, hidden, 1, 1)).astype(np.int16)
+        params[f"{net}1_b"] = rng.integers(-2000, 2000, m)
+        params[f"{net}1_shift"] = np.array(15 - frac)
+    return params
+
+
+def reference_channel_context(params, prior, acc: np.ndarray, y_sym: np.ndarray, anchors: bool) -> np.ndarray:
+    """The channel context in plain int64 arithmetic: a dense 3x3 convolution over the first half
+    of the channels (zero off the anchors for the anchors' network), applied where it belongs."""
+    m, h, w = y_sym.shape
+    half = m // 2
+    anchor = (np.add.outer(np.arange(h), np.arange(w)) % 2) == 0
+    net = "cca" if anchors else "cco"
+    clip = int(params["cc_input_max"])
+    y_fixed = y_sym[:half] * (1 << prior.output_frac_bits) + acc[m : m + half]
+    x = np.clip(shift_round(y_fixed, int(params["cc_input_shift"])), -clip, clip) * (anchor if anchors else 1)
+    w0 = params[f"{net}0_w"].astype(np.int64)
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    hidden = np.broadcast_to(params[f"{net}0_b"].astype(np.int64)[:, None, None], (len(w0), h, w)).copy()
+    for i in range(3):
+        for j in range(3):
+            hidden += np.einsum("oc,chw->ohw", w0[:, :, i, j], xp[:, i : i + h, j : j + w])
+    hidden = np.clip(shift_round(hidden, int(params[f"{net}0_shift"])), 0, prior.activation_max)
+    out = np.einsum("oc,chw->ohw", params[f"{net}1_w"][:, :, 0, 0].astype(np.int64), hidden)
+    out = shift_round(out + params[f"{net}1_b"].astype(np.int64)[:, None, None], int(params[f"{net}1_shift"]))
+    where = anchor if anchors else ~anchor
+    result = acc.copy()
+    result[half:m] += out[:half] * where
+    result[m + half :] += out[half:] * where
+    return result
+
+
+@needs_context
+def test_channel_context_matches_pure_integer_arithmetic(photo) -> None:
+    from pillow_dcv.prior import IntegerHyperSynthesis
+
+    params = with_channel_context(model_prior_params())
+    prior = IntegerHyperSynthesis(params)
+    y, z = real_latents(np.asarray(photo), 4)
+    acc = prior.hyper(z)
+    rng = np.random.default_rng(5)
+    for y_sym in (anchor_symbols(prior, y, acc), rng.integers(-3000, 3000, (acc.shape[0] // 2, *acc.shape[1:]))):
+        for anchors in (True, False):
+            corrected = prior.channel_context(acc, y_sym, anchors)
+            assert np.array_equal(corrected, reference_channel_context(params, prior, acc, y_sym, anchors))
+            assert 0.1 < np.mean(corrected != acc) <= 0.25  # half the channels at half the positions
+
+
+@needs_context
+def test_channel_context_round_trip(photo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four coding stages (anchors of each half, then the rest of each half): the decoder rebuilds
+    every table from the symbols so far (the symbols CRC checks it), and the picture survives."""
+    from pillow_dcv.prior import IntegerHyperSynthesis
+
+    pixels = np.asarray(photo)
+    data, info = encode(pixels, 5)
+    reference = codec.decode(io.BytesIO(data), info)
+    prior = IntegerHyperSynthesis(with_channel_context(model_prior_params()))
+    assert len(prior.stages((8, 4, 6))) == 4
+    monkeypatch.setattr(get_model(), "prior", prior)
+    data_cc, info_cc = encode(pixels, 5)
+    assert data_cc != data
+    decoded = codec.decode(io.BytesIO(data_cc), info_cc)
+    assert psnr(decoded, pixels) > psnr(reference, pixels) - 0.5
+
+
 @pytest.mark.parametrize("thresholds", ["model", "dense", "wide"])
 def test_scale_index_equals_searchsorted(thresholds: str) -> None:
     """The keyed lookup gives searchsorted's index for every accumulator: each threshold and its
@@ -192,6 +270,9 @@ def test_integer_prior_float32_and_float64_agree(photo, monkeypatch: pytest.Monk
     narrowed = [(f"hs{i}", 127) for i in range(int(params["hs_layers"]))]
     if "ctx0_w" in params:
         narrowed += [("ctx0", 7), ("ctx1", 127)] + ([("ctxf", 127)] if "ctxf_w" in params else [])
+        if "cc_input_shift" not in params:
+            params = with_channel_context(params)
+        narrowed += [("cca0", 7), ("cca1", 127), ("cco0", 7), ("cco1", 127)]
     for name, largest in narrowed:
         w = params[f"{name}_w"].astype(np.float64)
         params[f"{name}_w"] = np.round(w * largest / np.abs(w).max()).astype(np.int16)
@@ -213,6 +294,10 @@ def test_integer_prior_float32_and_float64_agree(photo, monkeypatch: pytest.Monk
         corrected = narrow.context(acc, y_sym)
         assert np.array_equal(corrected, wide.context(acc, y_sym))
         assert np.array_equal(corrected, reference_context(params, narrow, acc, y_sym))
+        for anchors in (True, False):
+            corrected = narrow.channel_context(acc, y_sym, anchors)
+            assert np.array_equal(corrected, wide.channel_context(acc, y_sym, anchors))
+            assert np.array_equal(corrected, reference_channel_context(params, narrow, acc, y_sym, anchors))
 
 
 @pytest.mark.parametrize(

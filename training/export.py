@@ -218,7 +218,7 @@ def quantise_context(
     hyper-synthesis' output units, to which it is added. With fusion, the hyperprior's S and U enter
     with the same input precision, and their 1x1 convolution is shifted into layer 0's units.
     """
-    from pillow_dcv.prior import _CheckerboardConv, checkerboard_taps
+    from pillow_dcv.prior import ANCHOR_PHASES, OTHER_PHASES, _PhaseConv, checkerboard_taps
 
     conv0, head = model.context_prediction[0], model.context_prediction[2]
     k = conv0.kernel_size[0]
@@ -244,7 +244,8 @@ def quantise_context(
     b0 = conv0.bias.detach().double().numpy()
 
     def build0(wq, frac_w):
-        return _CheckerboardConv(wq, fixed_point(b0, frac_in + frac_w), frac_in + frac_w - frac_hidden, input_max)
+        bias, shift = fixed_point(b0, frac_in + frac_w), frac_in + frac_w - frac_hidden
+        return _PhaseConv(wq, bias, shift, input_max, ANCHOR_PHASES, OTHER_PHASES)
 
     w0q, frac_w0 = quantise_weights(w0, build0, "context layer 0")
     w1 = head.weight.detach().double().numpy()
@@ -264,6 +265,60 @@ def quantise_context(
         "ctx1_b": fixed_point(b1, frac_hidden + frac_w1),
         "ctx1_shift": np.array(frac_hidden + frac_w1 - out_frac),
     }
+
+
+def quantise_channel_context(
+    model: DCVModel, calibration: list[tuple[torch.Tensor, torch.Tensor]], out_frac: int, input_bits: int
+) -> dict[str, np.ndarray]:
+    """The two-slice channel context on integers (IntegerHyperSynthesis.channel_context): the first
+    half's decoded values as input (one precision for both networks, like the context's), hidden
+    layers calibrated like the hyper-synthesis', heads shifted to the units of S and U."""
+    from pillow_dcv.prior import ALL_PHASES, ANCHOR_PHASES, OTHER_PHASES, _PhaseConv
+
+    half = model.m // 2
+    nets = {"cca": model.channel_context_anchor, "cco": model.channel_context_other}
+    y_max, hidden_max = 1e-6, {name: 1e-6 for name in nets}
+    with torch.no_grad():
+        for y, z in calibration:
+            hyper = model.h_s(z)
+            y_hat, _, _ = model.entropy_parameters(y, hyper)
+            y1 = y_hat[:, :half]  # at the anchors, y1 rounded around the hyperprior's means
+            anchor = anchor_mask(y.shape[2], y.shape[3])
+            y_max = max(y_max, float(y1.abs().max()))
+            for name, where, x in (("cca", anchor, y1 * anchor), ("cco", ~anchor, y1)):
+                hidden = torch.relu(nets[name][0](x)) * where
+                hidden_max[name] = max(hidden_max[name], float(hidden.max()))
+    frac_in = min(out_frac, int(math.floor(math.log2(2**input_bits / y_max))))
+    input_max = 2 ** (input_bits + 1) - 1
+    params = {"cc_input_shift": np.array(out_frac - frac_in), "cc_input_max": np.array(input_max)}
+    for name, phases in (("cca", (ANCHOR_PHASES, ANCHOR_PHASES)), ("cco", (ALL_PHASES, OTHER_PHASES))):
+        conv0, head = nets[name][0], nets[name][2]
+        w0 = conv0.weight.detach().double().numpy().copy()
+        if name == "cca":  # from an anchor, only the taps with dy + dx even reach anchors
+            k = w0.shape[-1]
+            odd = (np.add.outer(np.arange(k), np.arange(k)) - 2 * (k // 2)) % 2 == 1
+            w0[:, :, odd] = 0.0
+        b0 = conv0.bias.detach().double().numpy()
+        frac_hidden = int(math.floor(math.log2(2**ACTIVATION_BITS / hidden_max[name])))
+
+        def build0(wq, frac_w, b0=b0, frac_hidden=frac_hidden, phases=phases):
+            bias, shift = fixed_point(b0, frac_in + frac_w), frac_in + frac_w - frac_hidden
+            return _PhaseConv(wq, bias, shift, input_max, *phases)
+
+        w0q, frac_w0 = quantise_weights(w0, build0, f"channel context {name} layer 0")
+        b1 = head.bias.detach().double().numpy()
+        build1 = partial(hyper_layer, "conv", b1, frac_hidden, out_frac, False, ACTIVATION_MAX)
+        w1 = head.weight.detach().double().numpy()
+        w1q, frac_w1 = quantise_weights(w1, build1, f"channel context {name} layer 1")
+        params.update({
+            f"{name}0_w": w0q,
+            f"{name}0_b": fixed_point(b0, frac_in + frac_w0),
+            f"{name}0_shift": np.array(frac_in + frac_w0 - frac_hidden),
+            f"{name}1_w": w1q,
+            f"{name}1_b": fixed_point(b1, frac_hidden + frac_w1),
+            f"{name}1_shift": np.array(frac_hidden + frac_w1 - out_frac),
+        })
+    return params
 
 
 def quantise_fusion(
@@ -406,6 +461,8 @@ def best_context(
     best, best_cost = None, math.inf
     for bits in CONTEXT_INPUT_BITS:
         context = quantise_context(model, calibration, int(params["hs_out_frac_bits"]), bits)
+        if model.channel_context:
+            context |= quantise_channel_context(model, calibration, int(params["hs_out_frac_bits"]), bits)
         cost = integer_prior_cost(model, IntegerHyperSynthesis({**params, **context}), calibration)
         print(f"context input {bits} bits: {cost * 100:+.2f} % estimated bits against the float model")
         if cost < best_cost:
@@ -423,10 +480,13 @@ def integer_prior_cost(
         with torch.no_grad():
             _, scale, mu = model.entropy_parameters(y, model.h_s(z))
         acc = prior.hyper(z[0].numpy())
-        mu_int, index = prior.tables(acc)
         y64 = y[0].double().numpy()
-        if prior.has_context:
-            mu_int, index = prior.tables(prior.context(acc, np.rint(y64 - mu_int).astype(np.int64)))
+        y_sym = np.zeros(y64.shape, dtype=np.int64)
+        for mask, update in prior.stages(y64.shape):  # as the codec does it
+            if update is not None:
+                acc = update(acc, y_sym)
+            mu_int, index = prior.tables(acc)
+            y_sym[mask] = np.rint(y64 - mu_int)[mask]
         if verbose:
             ref_index = np.searchsorted(thresholds, scale[0].numpy(), side="right")
             print(
