@@ -144,8 +144,7 @@ def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: n
     for mask, update in stages:  # each part is quantised around the means the decoder will have for it
         if update is not None:
             acc = update(acc, y_sym)
-        symbols, indices = quantise_latent(model, y, acc)
-        y_sym[mask], scale_index[mask] = symbols[mask], indices[mask]
+        y_sym[mask], scale_index[mask] = quantise_latent(model, y[mask], acc, mask)
     return {
         "index": index,
         "symbols_crc": symbols_crc(z_sym, y_sym),
@@ -154,9 +153,10 @@ def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: n
     }
 
 
-def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symbols around the means of the prior's accumulators, and their table indices."""
-    mu, scale_index = model.prior.tables(acc)
+def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symbols of the latents y at a mask's positions, around the means of the prior's accumulators
+    there, and their table indices."""
+    mu, scale_index = model.prior.tables_at(acc, mask)
     return model.y_tables.clamp(np.rint(y - mu).astype(np.int64), scale_index), scale_index
 
 
@@ -169,12 +169,13 @@ def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray
         z_sym = entropy.decode(tile["z_stream"], z_channel, model.z_tables).reshape(z_shape)
         acc = model.prior.hyper(z_sym)
         y_sym = np.zeros((acc.shape[0] // 2, *acc.shape[1:]), dtype=np.int64)
+        mu = np.empty(y_sym.shape)
         stream = entropy.Decoder(tile["y_stream"])
         for mask, update in model.prior.stages(y_sym.shape):
             if update is not None:
                 acc = update(acc, y_sym)
-            mu, scale_index = model.prior.tables(acc)
-            y_sym[mask] = stream.decode(scale_index[mask], model.y_tables)
+            mu[mask], scale_index = model.prior.tables_at(acc, mask)
+            y_sym[mask] = stream.decode(scale_index, model.y_tables)
         stream.finish()
     except (ValueError, RuntimeError, OverflowError) as e:
         raise CorruptFileError(f"damaged entropy-coded data in tile {tile['index']}: {e}") from None

@@ -315,6 +315,11 @@ class IntegerHyperSynthesis:
         mu = mu_acc.astype(np.float64) * (2.0**-self.output_frac_bits)
         return mu, self.scale_index(scale_acc)
 
+    def tables_at(self, acc: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """tables(acc) at the positions of an (M, h, w) mask only, flattened in C order."""
+        m = mask.shape[0]
+        return acc[m:][mask].astype(np.float64) * (2.0**-self.output_frac_bits), self.scale_index(acc[:m][mask])
+
     def context(self, acc: np.ndarray, y_sym: np.ndarray) -> np.ndarray:
         """Accumulators with the non-anchor positions corrected from the anchors' symbols.
 

@@ -358,15 +358,15 @@ def test_decoding_survives_noise_on_float_outputs(photo, monkeypatch: pytest.Mon
 def test_flipped_scale_index_is_reported_not_shown(photo, monkeypatch: pytest.MonkeyPatch) -> None:
     model = get_model()
     data, info = encode(np.asarray(photo), 4)
-    original = model.prior.tables
+    original = model.prior.tables_at
 
-    def off_by_one(acc):
-        mu, index = original(acc)
+    def off_by_one(acc, mask):
+        mu, index = original(acc, mask)
         index = index.copy()
         index.flat[index.size // 2] = min(index.flat[index.size // 2] + 1, 63)
         return mu, index
 
-    monkeypatch.setattr(model.prior, "tables", off_by_one)
+    monkeypatch.setattr(model.prior, "tables_at", off_by_one)
     with pytest.raises(OSError, match="checksum|damaged"):
         codec.decode(io.BytesIO(data), info)
 
