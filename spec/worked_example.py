@@ -89,19 +89,20 @@ def decode_stream(data: bytes, tables, table_of: np.ndarray) -> tuple[np.ndarray
 
 
 def decode_latent(data: bytes, model, z: np.ndarray):
-    """Section 7.3 with the context model of section 6.1: the anchors, then the non-anchors."""
+    """Section 7.3: the parts in order (6.1, 6.2), each with the tables that the symbols before it give."""
     acc = model.prior.hyper(z)
-    _, scale_index = model.prior.tables(acc)
+    _, hyper_index = model.prior.tables(acc)
     dec, steps = ReferenceDecoder(data), []
-    y = np.zeros(scale_index.shape, dtype=np.int64)
-    anchor = np.broadcast_to(np.add.outer(np.arange(y.shape[1]), np.arange(y.shape[2])) % 2 == 0, y.shape)
-    y[anchor] = decode_part(dec, model.y_tables, scale_index[anchor], steps)
-    anchor_steps = len(steps)
-    anchor_index = scale_index
-    mu, scale_index = model.prior.tables(model.prior.context(acc, y))
-    y[~anchor] = decode_part(dec, model.y_tables, scale_index[~anchor], steps)
+    y = np.zeros(hyper_index.shape, dtype=np.int64)
+    part_sizes = []
+    for mask, update in model.prior.stages(y.shape):
+        if update is not None:
+            acc = update(acc, y)
+        mu, scale_index = model.prior.tables(acc)
+        y[mask] = decode_part(dec, model.y_tables, scale_index[mask], steps)
+        part_sizes.append(int(mask.sum()))
     assert dec.state == 0 and not dec.words, "stream did not end cleanly"
-    return y, mu, anchor_index, scale_index, dec, steps, anchor_steps
+    return y, mu, hyper_index, scale_index, dec, steps, part_sizes
 
 
 def hexdump(data: bytes) -> str:
@@ -131,8 +132,8 @@ def section() -> str:
     cz = len(model.z_tables.offsets)
     z_channel = np.broadcast_to(np.arange(cz)[:, None, None], (cz, 1, 1))
     z, zdec, zsteps = decode_stream(tile["z_stream"], model.z_tables, z_channel)
-    y, mu, anchor_index, scale_index, ydec, ysteps, anchor_steps = decode_latent(tile["y_stream"], model, z)
-    changed = int((anchor_index != scale_index).sum())
+    y, mu, hyper_index, scale_index, ydec, ysteps, part_sizes = decode_latent(tile["y_stream"], model, z)
+    changed = int((hyper_index != scale_index).sum())
     crc = zlib.crc32(y.astype("<i4").tobytes(), zlib.crc32(z.astype("<i4").tobytes()))
     assert crc == tile["symbols_crc"]
     pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).reshape(-1, 3).mean(axis=0)
@@ -209,9 +210,11 @@ reference codec.
   is {s0 + int(zt.offsets[k0]):+d}. The new state is 0x{first['new_state']:X}. Further words popped: {zpops}.
   After the last symbol the state is 0 with no words left. {zero} of the {z.size} `z` symbols are 0;
   the others are (channel: value) {nonzero}.
-- The prior of this z (section 6) gives the anchors (the {y.size // 2} positions with row + column
-  even) their tables; the y stream's first part, {anchor_steps} symbols, decodes them. The context
-  model (section 6.1) then changes the table of {changed} of the {y.size // 2} non-anchors. In all,
+- The prior of this z (section 6) gives the first part its tables. The y stream holds
+  {len(part_sizes)} parts of {", ".join(map(str, part_sizes))} symbols (section 7.3): the anchors (row + column
+  even) of channels 0..{y.shape[0] // 2 - 1}, the anchors of the other half (6.2), the non-anchors of the first half
+  (6.1), and those of the second half (6.1 and 6.2). The contexts change the table of {changed} of the
+  {y.size - part_sizes[0]} latents after the first part. In all,
   `scale_index` runs from {int(used.min())} to {int(used.max())}
   ({int((scale_index == used.min()).sum())} of the {y.size} latents use table {int(used.min())}) and mu
   from {float(mu.min()):.2f} to {float(mu.max()):.2f}.
