@@ -329,11 +329,7 @@ class IntegerHyperSynthesis:
         m, h, w = y_sym.shape
         if h % 2 or w % 2:
             raise ValueError("the checkerboard context needs an even latent height and width")
-        anchors = []
-        for r, q in ANCHOR_PHASES:
-            y_fixed = (y_sym[:, r::2, q::2].astype(np.int64) << self.output_frac_bits) + acc[m:, r::2, q::2]
-            x = requantise_int(y_fixed, self.context_input_shift)
-            anchors.append(np.clip(x, -self.context_input_max, self.context_input_max))
+        anchors = self._decoded_values(acc, y_sym, m, ANCHOR_PHASES, self.context_input_shift, self.context_input_max)
         hidden = self._context_conv(anchors, self.matmul).astype(np.int64)
         if self._fusion is not None:
             hidden += self._fused_hyperprior(acc)
@@ -356,9 +352,8 @@ class IntegerHyperSynthesis:
         m, h, w = y_sym.shape
         half = m // 2
         conv, head = self._channel_nets[anchors]
-        y_fixed = (y_sym[:half].astype(np.int64) << self.output_frac_bits) + acc[m : m + half]
-        x = np.clip(requantise_int(y_fixed, self.channel_input_shift), -self.channel_input_max, self.channel_input_max)
-        hidden = conv([x[:, r::2, q::2] for r, q in conv.in_phases], self.matmul).astype(np.int64)
+        x = self._decoded_values(acc, y_sym, half, conv.in_phases, self.channel_input_shift, self.channel_input_max)
+        hidden = conv(x, self.matmul).astype(np.int64)
         hidden = np.clip(requantise_int(hidden, conv.shift), 0, self.activation_max)
         correction = requantise(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift).astype(np.int64)
         out = acc.copy()
@@ -367,6 +362,21 @@ class IntegerHyperSynthesis:
             cols = slice(n * (h // 2) * (w // 2), (n + 1) * (h // 2) * (w // 2))
             out[half:m, r::2, q::2] += scale_part[:, cols].reshape(half, h // 2, w // 2)
             out[m + half :, r::2, q::2] += mean_part[:, cols].reshape(half, h // 2, w // 2)
+        return out
+
+    def _decoded_values(
+        self, acc: np.ndarray, y_sym: np.ndarray, channels: int, phases: tuple[tuple[int, int], ...], shift: int,
+        clip: int,
+    ) -> list[np.ndarray]:
+        """y_hat = symbol + mu of the first `channels` channels at each of `phases`, exact in the
+        accumulators' fixed point, requantised by `shift` bits and clipped to +-clip: the input of
+        the context networks."""
+        m = y_sym.shape[0]
+        out = []
+        for r, q in phases:
+            y_fixed = (y_sym[:channels, r::2, q::2].astype(np.int64) << self.output_frac_bits)
+            y_fixed += acc[m : m + channels, r::2, q::2]
+            out.append(np.clip(requantise_int(y_fixed, shift), -clip, clip))
         return out
 
     def _fused_hyperprior(self, acc: np.ndarray) -> np.ndarray:

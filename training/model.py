@@ -127,7 +127,7 @@ def context_prediction(m: int, channels: int, kernel: int = 5) -> nn.Sequential:
 
 
 def channel_context_prediction(m: int, channels: int) -> nn.Sequential:
-    """Channel context (A/B, session 6): the second half of the latent channels is corrected from
+    """Channel context (from session 6): the second half of the latent channels is corrected from
     the first half, already decoded at the same and the neighbouring positions (a 3x3 convolution,
     ReLU, a zero-initialised 1x1 head). Anchors see only the first half's anchors; the others see
     all of the first half. As in Minnen & Singh 2020 and He et al. 2022 (ELIC), with two slices."""
@@ -197,7 +197,7 @@ class DCVModel(nn.Module):
         self.context_channels = context_channels
         if context_channels:
             self.context_prediction = context_prediction(m, context_channels, context_kernel)
-        # Fusion (A/B, session 5): the context's hidden layer also sees the hyperprior's means and
+        # Fusion (from session 6): the context's hidden layer also sees the hyperprior's means and
         # scales at the same position (a 1x1 convolution, zero at the start), so its correction can
         # depend on what the hyperprior already predicts, as in the entropy-parameters networks of
         # Minnen et al. 2018 and He et al. 2021.
@@ -205,7 +205,7 @@ class DCVModel(nn.Module):
         if self.context_fusion is not None:
             nn.init.zeros_(self.context_fusion.weight)
             nn.init.zeros_(self.context_fusion.bias)
-        # Two-slice channel context (A/B, session 6): one network for the anchors, one for the others.
+        # Two-slice channel context (from session 6): one network for the anchors, one for the others.
         self.channel_context = channel_context
         if channel_context:
             self.channel_context_anchor = channel_context_prediction(m, channel_context)
@@ -244,25 +244,21 @@ class DCVModel(nn.Module):
         The anchors are quantised around the hyperprior's means; the non-anchors around means
         corrected by the context model, which sees only the quantised anchors.
         """
-        scale, mu = hyper.chunk(2, dim=1)
         if self.channel_context:
             return self._entropy_parameters_sliced(y, hyper, rounding)
+        scale, mu = hyper.chunk(2, dim=1)
         y_hat = rounding(y - mu) + mu
         if not self.context_channels:
             return y_hat, scale, mu
         anchor = anchor_mask(y.shape[2], y.shape[3], y.device)
-        if self.context_fusion is None:
-            correction = self.context_prediction(y_hat * anchor)
-        else:
-            conv0, relu, head = self.context_prediction
-            correction = head(relu(conv0(y_hat * anchor) + self.context_fusion(hyper)))
-        scale_c, mu_c = correction.float().chunk(2, dim=1)
+        scale_c, mu_c = self._spatial_correction(y_hat * anchor, hyper).chunk(2, dim=1)
         scale = torch.where(anchor, scale, scale + scale_c)
         mu = torch.where(anchor, mu, mu + mu_c)
         y_hat = torch.where(anchor, y_hat, rounding(y - mu) + mu)
         return y_hat, scale, mu
 
     def _spatial_correction(self, y_hat_anchors: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """The checkerboard context's correction (scales, then means) from the decoded anchors."""
         conv0, relu, head = self.context_prediction
         hidden = conv0(y_hat_anchors)
         if self.context_fusion is not None:
