@@ -16,6 +16,7 @@ import numpy as np
 
 from . import container, entropy
 from .models import DEFAULT_MODEL, Model, get_model
+from .prior import Part
 
 DOWNSAMPLING = 64  # g_a (x16) then h_a (x4): tiles are padded to a multiple of this
 DEFAULT_TILE_SIZE = 1024
@@ -141,22 +142,25 @@ def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: n
     y_sym = np.zeros(y.shape, dtype=np.int64)
     scale_index = np.zeros(y.shape, dtype=np.int64)
     stages = model.prior.stages(y.shape)
-    for mask, update in stages:  # each part is quantised around the means the decoder will have for it
+    parts = []
+    for part, update in stages:  # each part is quantised around the means the decoder will have for it
         if update is not None:
             acc = update(acc, y_sym)
-        y_sym[mask], scale_index[mask] = quantise_latent(model, y[mask], acc, mask)
+        symbols, scale_index = quantise_latent(model, part.take(y), acc, part)
+        part.put(y_sym, symbols)
+        parts.append((symbols, scale_index))
     return {
         "index": index,
         "symbols_crc": symbols_crc(z_sym, y_sym),
         "z_stream": entropy.encode([(z_sym, z_channel)], model.z_tables),
-        "y_stream": entropy.encode([(y_sym[mask], scale_index[mask]) for mask, _ in stages], model.y_tables),
+        "y_stream": entropy.encode(parts, model.y_tables),
     }
 
 
-def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symbols of the latents y at a mask's positions, around the means of the prior's accumulators
-    there, and their table indices."""
-    mu, scale_index = model.prior.tables_at(acc, mask)
+def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray, part: Part) -> tuple[np.ndarray, np.ndarray]:
+    """Symbols of the latents y of one part (flat, in its order), around the means of the prior's
+    accumulators there, and their table indices."""
+    mu, scale_index = model.prior.tables_at(acc, part)
     return model.y_tables.clamp(np.rint(y - mu).astype(np.int64), scale_index), scale_index
 
 
@@ -171,11 +175,12 @@ def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray
         y_sym = np.zeros((acc.shape[0] // 2, *acc.shape[1:]), dtype=np.int64)
         mu = np.empty(y_sym.shape)
         stream = entropy.Decoder(tile["y_stream"])
-        for mask, update in model.prior.stages(y_sym.shape):
+        for part, update in model.prior.stages(y_sym.shape):
             if update is not None:
                 acc = update(acc, y_sym)
-            mu[mask], scale_index = model.prior.tables_at(acc, mask)
-            y_sym[mask] = stream.decode(scale_index, model.y_tables)
+            mu_part, scale_index = model.prior.tables_at(acc, part)
+            part.put(mu, mu_part)
+            part.put(y_sym, stream.decode(scale_index, model.y_tables))
         stream.finish()
     except (ValueError, RuntimeError, OverflowError) as e:
         raise CorruptFileError(f"damaged entropy-coded data in tile {tile['index']}: {e}") from None

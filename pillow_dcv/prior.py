@@ -32,13 +32,19 @@ def _phase_taps(k: int, r: int) -> list[tuple[int, int]]:
     return [(t, (r + p - t) // 2) for t in range(k) if (t - r - p) % 2 == 0]
 
 
-def exact_dtype(row_l1: int, input_max: int, bias: np.ndarray, shift: int, last: bool) -> type:
-    """float32 when |every partial sum| < 2**24: sum|w| * max|x| + |bias| + rounding offset."""
+def sum_bounds(row_l1: np.ndarray, input_max: int, bias: np.ndarray, shift: int, last: bool) -> np.ndarray:
+    """Per output row, the largest |partial sum|: sum|w| * max|x| + |bias| + rounding offset."""
     rounding = 2 ** (shift - 1) if shift > 0 and not last else 0
-    bound = row_l1 * input_max + int(np.abs(bias).max()) + rounding
-    if bound >= FLOAT64_EXACT:
+    bound = np.asarray(row_l1, dtype=np.int64) * input_max + np.abs(np.asarray(bias, dtype=np.int64)) + rounding
+    if bound.max() >= FLOAT64_EXACT:
         raise ValueError("integer prior: accumulator bound exceeds 2**53")
-    return np.float32 if bound < FLOAT32_EXACT else np.float64
+    return bound
+
+
+def exact_dtype(row_l1: int, input_max: int, bias: np.ndarray, shift: int, last: bool) -> type:
+    """float32 when |every partial sum| < 2**24 in every row, float64 otherwise."""
+    bound = sum_bounds(np.full(len(bias), row_l1), input_max, bias, shift, last)
+    return np.float32 if bound.max() < FLOAT32_EXACT else np.float64
 
 
 class _Layer:
@@ -63,26 +69,53 @@ class _Layer:
             offsets = [a - k // 2 for a in range(k)]
             self.phases = [(offsets, offsets, w.reshape(self.out_channels, -1))]
             self.pad = k // 2
-        # the largest sum of |weights| that reaches one output
-        self.row_l1 = max(int(np.abs(m.astype(np.int64)).sum(axis=1).max()) for _, _, m in self.phases)
+        # per output, the largest sum of |weights| that reaches it
+        self.rows_l1 = np.max([np.abs(m.astype(np.int64)).sum(axis=1) for _, _, m in self.phases], axis=0)
+        self.row_l1 = int(self.rows_l1.max())
         self.bias = b
         self.dtype = np.float64
+        self.float32_rows = None  # a split layer: these outputs in float32, the others in float64
 
     def choose_dtype(self, input_max: int) -> None:
-        self.dtype = exact_dtype(self.row_l1, input_max, self.bias, self.shift, self.last)
+        bound = sum_bounds(self.rows_l1, input_max, self.bias, self.shift, self.last)
+        fits = bound < FLOAT32_EXACT
+        self.dtype = np.float32 if fits.all() else np.float64
+        if self.dtype == np.float64 and fits.any():
+            # Rows proven exact in float32 get a float32 GEMM of their own: the same integers, and
+            # most of the work at float32 speed (the last hyper-synthesis layer: ~70 % of its rows).
+            self.float32_rows, self.float64_rows = np.flatnonzero(fits), np.flatnonzero(~fits)
+            self.split_phases = [
+                (m[self.float32_rows].astype(np.float32), m[self.float64_rows].astype(np.float64))
+                for _, _, m in self.phases
+            ]
+            self.split_bias = (
+                self.bias[self.float32_rows].astype(np.float32)[:, None],
+                self.bias[self.float64_rows].astype(np.float64)[:, None],
+            )
         self.phases = [(rows, cols, m.astype(self.dtype)) for rows, cols, m in self.phases]
         self.bias = self.bias.astype(self.dtype)[:, None]
 
+    def _gemm(self, phase: int, patches: np.ndarray, matmul: MatMul) -> np.ndarray:
+        if self.float32_rows is None:
+            return matmul(self.phases[phase][2], patches) + self.bias
+        (m32, m64), (b32, b64) = self.split_phases[phase], self.split_bias
+        out = np.empty((self.out_channels, patches.shape[1]), dtype=np.float64)
+        out[self.float32_rows] = matmul(m32, patches.astype(np.float32)) + b32
+        out[self.float64_rows] = matmul(m64, patches) + b64
+        return out
+
     def __call__(self, x: np.ndarray, matmul: MatMul) -> np.ndarray:
         c, h, w = x.shape
+        if self.pad == 0 and self.kind == "conv":  # 1x1: the input is its own patch matrix
+            return self._gemm(0, x.reshape(c, h * w).astype(self.dtype, copy=False), matmul).reshape(-1, h, w)
         xp = np.pad(x.astype(self.dtype, copy=False), ((0, 0), (self.pad, self.pad), (self.pad, self.pad)))
         outs = []
-        for rows, cols, matrix in self.phases:
+        for n, (rows, cols, _) in enumerate(self.phases):
             patches = np.empty((c, len(rows), len(cols), h, w), dtype=self.dtype)
             for a, dy in enumerate(rows):
                 for e, dx in enumerate(cols):
                     patches[:, a, e] = xp[:, self.pad + dy : self.pad + dy + h, self.pad + dx : self.pad + dx + w]
-            outs.append(matmul(matrix, patches.reshape(-1, h * w)) + self.bias)
+            outs.append(self._gemm(n, patches.reshape(-1, h * w), matmul))
         if self.kind == "conv":
             return outs[0].reshape(self.out_channels, h, w)
         # phase (rh, rw) holds output rows 2j + rh and columns 2i + rw
@@ -121,6 +154,51 @@ OTHER_PHASES = ((0, 1), (1, 0))
 
 
 ALL_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+class Part:
+    """The positions of one coding stage: channels [first, stop) of an (M, h, w) latent, at the
+    anchors, at the others, or everywhere. take() and put() read and write them in (channel, row,
+    column) order, the order of section 7.3, as boolean indexing with mask() would, but as strided
+    slices: a checkerboard row holds every other column, starting at the row's parity."""
+
+    def __init__(self, first: int, stop: int, where: str) -> None:
+        if where not in ("all", "anchors", "others"):
+            raise ValueError(f"unknown part {where!r}")
+        self.channels, self.where = slice(first, stop), where
+
+    def __repr__(self) -> str:
+        return f"Part({self.channels.start}, {self.channels.stop}, {self.where!r})"
+
+    def mask(self, shape: tuple[int, int, int]) -> np.ndarray:
+        m, h, w = shape
+        out = np.zeros(shape, dtype=bool)
+        anchors = anchor_mask(h, w)
+        out[self.channels] = {"all": True, "anchors": anchors, "others": ~anchors}[self.where]
+        return out
+
+    def _columns(self) -> tuple[int, int]:  # first column on even rows, on odd rows
+        return (0, 1) if self.where == "anchors" else (1, 0)
+
+    def take(self, a: np.ndarray) -> np.ndarray:
+        """a[mask] for an (M, h, w) array: a copy, flat."""
+        a = a[self.channels]
+        if self.where == "all":
+            return a.ravel()
+        even, odd = self._columns()
+        return np.stack([a[:, 0::2, even::2], a[:, 1::2, odd::2]], axis=2).ravel()
+
+    def put(self, a: np.ndarray, values: np.ndarray) -> None:
+        """a[mask] = values."""
+        a = a[self.channels]
+        if self.where == "all":
+            a[...] = values.reshape(a.shape)
+            return
+        even, odd = self._columns()
+        c, h, w = a.shape
+        v = values.reshape(c, h // 2, 2, w // 2)
+        a[:, 0::2, even::2] = v[:, :, 0]
+        a[:, 1::2, odd::2] = v[:, :, 1]
 
 
 class _PhaseConv:
@@ -281,25 +359,25 @@ class IntegerHyperSynthesis:
         """z: (Cz, h, w) integers -> the hyperprior's (mu, scale index), each (M, 4h, 4w)."""
         return self.tables(self.hyper(z))
 
-    def stages(self, shape: tuple[int, int, int]) -> list[tuple[np.ndarray, Update | None]]:
-        """The order in which a tile's y symbols are coded, as (mask, update) pairs: before the
-        symbols under a mask are coded, update(acc, y_sym) refines the accumulators their tables come
+    def stages(self, shape: tuple[int, int, int]) -> list[tuple[Part, Update | None]]:
+        """The order in which a tile's y symbols are coded, as (part, update) pairs: before the
+        symbols of a part are coded, update(acc, y_sym) refines the accumulators their tables come
         from, using the symbols coded so far (None: the hyperprior's as they are). An update only
-        changes positions that later masks hold. The masks, concatenated, give the order of section
+        changes positions that later parts hold. The parts, concatenated, give the order of section
         7.3: all anchors, then the rest, each in (channel, row, column) order."""
         m, h, w = shape
-        everything = np.ones(shape, dtype=bool)
         if not self.has_context:
-            return [(everything, None)]
-        anchor = np.broadcast_to(anchor_mask(h, w), shape)
+            return [(Part(0, m, "all"), None)]
+        if h % 2 or w % 2:
+            raise ValueError("the checkerboard context needs an even latent height and width")
         if not self.has_channel_context:
-            return [(anchor, None), (~anchor, self.context)]
-        first = np.arange(m)[:, None, None] < m // 2
+            return [(Part(0, m, "anchors"), None), (Part(0, m, "others"), self.context)]
+        half = m // 2
         return [
-            (anchor & first, None),
-            (anchor & ~first, lambda acc, y_sym: self.channel_context(acc, y_sym, anchors=True)),
-            (~anchor & first, self.context),
-            (~anchor & ~first, lambda acc, y_sym: self.channel_context(acc, y_sym, anchors=False)),
+            (Part(0, half, "anchors"), None),
+            (Part(half, m, "anchors"), lambda acc, y_sym: self.channel_context(acc, y_sym, anchors=True)),
+            (Part(0, half, "others"), self.context),
+            (Part(half, m, "others"), lambda acc, y_sym: self.channel_context(acc, y_sym, anchors=False)),
         ]
 
     def hyper(self, z: np.ndarray) -> np.ndarray:
@@ -315,10 +393,11 @@ class IntegerHyperSynthesis:
         mu = mu_acc.astype(np.float64) * (2.0**-self.output_frac_bits)
         return mu, self.scale_index(scale_acc)
 
-    def tables_at(self, acc: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """tables(acc) at the positions of an (M, h, w) mask only, flattened in C order."""
-        m = mask.shape[0]
-        return acc[m:][mask].astype(np.float64) * (2.0**-self.output_frac_bits), self.scale_index(acc[:m][mask])
+    def tables_at(self, acc: np.ndarray, part: Part) -> tuple[np.ndarray, np.ndarray]:
+        """tables(acc) at the positions of one part only, flat in its order."""
+        m = len(acc) // 2
+        mu = part.take(acc[m:]).astype(np.float64) * (2.0**-self.output_frac_bits)
+        return mu, self.scale_index(part.take(acc[:m]))
 
     def context(self, acc: np.ndarray, y_sym: np.ndarray) -> np.ndarray:
         """Accumulators with the non-anchor positions corrected from the anchors' symbols.

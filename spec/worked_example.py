@@ -95,10 +95,11 @@ def decode_latent(data: bytes, model, z: np.ndarray):
     dec, steps = ReferenceDecoder(data), []
     y = np.zeros(hyper_index.shape, dtype=np.int64)
     part_sizes = []
-    for mask, update in model.prior.stages(y.shape):
+    for part, update in model.prior.stages(y.shape):
         if update is not None:
             acc = update(acc, y)
         mu, scale_index = model.prior.tables(acc)
+        mask = part.mask(y.shape)
         y[mask] = decode_part(dec, model.y_tables, scale_index[mask], steps)
         part_sizes.append(int(mask.sum()))
     assert dec.state == 0 and not dec.words, "stream did not end cleanly"

@@ -205,6 +205,29 @@ def test_channel_context_matches_pure_integer_arithmetic(photo) -> None:
             assert 0.1 < np.mean(corrected != acc) <= 0.25  # half the channels at half the positions
 
 
+@pytest.mark.parametrize("shape", [(6, 2, 2), (8, 4, 6), (5, 6, 4)])
+def test_parts_read_and_write_what_their_masks_select(shape: tuple[int, int, int]) -> None:
+    """Strided take/put of a coding stage equal boolean indexing with its mask, in the same order,
+    and the stages of a channel-context model cover every position once."""
+    from pillow_dcv.prior import IntegerHyperSynthesis, Part
+
+    rng = np.random.default_rng(4)
+    a = rng.integers(-1000, 1000, shape)
+    for part in (Part(0, shape[0], "all"), Part(1, 3, "anchors"), Part(2, shape[0], "others")):
+        mask = part.mask(shape)
+        assert np.array_equal(part.take(a), a[mask])
+        b, c = a.copy(), a.copy()
+        values = rng.integers(-9, 9, int(mask.sum()))
+        part.put(b, values)
+        c[mask] = values
+        assert np.array_equal(b, c)
+    prior = IntegerHyperSynthesis(with_channel_context(model_prior_params()))
+    covered = np.zeros(shape, dtype=int)
+    for part, _ in prior.stages(shape):
+        covered += part.mask(shape)
+    assert (covered == 1).all()
+
+
 @needs_context
 def test_channel_context_round_trip(photo, monkeypatch: pytest.MonkeyPatch) -> None:
     """Four coding stages (anchors of each half, then the rest of each half): the decoder rebuilds
@@ -300,6 +323,31 @@ def test_integer_prior_float32_and_float64_agree(photo, monkeypatch: pytest.Monk
             assert np.array_equal(corrected, reference_channel_context(params, narrow, acc, y_sym, anchors))
 
 
+def test_layer_split_into_float32_and_float64_rows_is_exact(photo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer whose bound proves only some of its rows exact in float32 runs those rows in float32
+    and the rest in float64: the integers are those of an all-float64 run."""
+    from pillow_dcv import prior as prior_module
+    from pillow_dcv.prior import IntegerHyperSynthesis
+
+    params = model_prior_params()
+    last = int(params["hs_layers"]) - 1
+    w = params[f"hs{last}_w"].astype(np.int64)
+    half = len(w) // 2  # half of the rows made small enough for float32, half left as they are
+    w[:half] = np.round(w[:half] * 127 / max(np.abs(w[:half]).max(), 1))
+    w[half] = np.sign(w[half]) * 2**14  # at least one row that float32 cannot sum exactly
+    params[f"hs{last}_w"] = w.astype(np.int16)
+    split = IntegerHyperSynthesis(params)
+    layer = split._gemms[-1]
+    assert layer.float32_rows is not None and 0 < len(layer.float32_rows) < len(w)
+    assert layer.dtype == np.float64
+    monkeypatch.setattr(prior_module, "FLOAT32_EXACT", 0)  # every layer in float64
+    wide = IntegerHyperSynthesis(params)
+    assert wide._gemms[-1].float32_rows is None
+    _, z_real = real_latents(np.asarray(photo), 8)
+    for z in (z_real, np.random.default_rng(3).integers(-500, 500, (128, 4, 6))):
+        assert np.array_equal(split.hyper(z), wide.hyper(z))
+
+
 @pytest.mark.parametrize(
     "session_args",
     [{"optimization": "ORT_DISABLE_ALL", "threads": 1}, {"optimization": "ORT_ENABLE_BASIC", "threads": 2}],
@@ -360,8 +408,8 @@ def test_flipped_scale_index_is_reported_not_shown(photo, monkeypatch: pytest.Mo
     data, info = encode(np.asarray(photo), 4)
     original = model.prior.tables_at
 
-    def off_by_one(acc, mask):
-        mu, index = original(acc, mask)
+    def off_by_one(acc, part):
+        mu, index = original(acc, part)
         index = index.copy()
         index.flat[index.size // 2] = min(index.flat[index.size // 2] + 1, 63)
         return mu, index

@@ -482,10 +482,11 @@ def integer_prior_cost(
         acc = prior.hyper(z[0].numpy())
         y64 = y[0].double().numpy()
         y_sym = np.zeros(y64.shape, dtype=np.int64)
-        for mask, update in prior.stages(y64.shape):  # as the codec does it
+        for part, update in prior.stages(y64.shape):  # as the codec does it
             if update is not None:
                 acc = update(acc, y_sym)
             mu_int, index = prior.tables(acc)
+            mask = part.mask(y64.shape)
             y_sym[mask] = np.rint(y64 - mu_int)[mask]
         if verbose:
             ref_index = np.searchsorted(thresholds, scale[0].numpy(), side="right")
