@@ -97,7 +97,9 @@ class _Layer:
 
     def _gemm(self, phase: int, patches: np.ndarray, matmul: MatMul) -> np.ndarray:
         if self.float32_rows is None:
-            return matmul(self.phases[phase][2], patches) + self.bias
+            out = matmul(self.phases[phase][2], patches)
+            out += self.bias
+            return out
         (m32, m64), (b32, b64) = self.split_phases[phase], self.split_bias
         out = np.empty((self.out_channels, patches.shape[1]), dtype=np.float64)
         out[self.float32_rows] = matmul(m32, patches.astype(np.float32)) + b32
@@ -109,29 +111,39 @@ class _Layer:
         if self.pad == 0 and self.kind == "conv":  # 1x1: the input is its own patch matrix
             return self._gemm(0, x.reshape(c, h * w).astype(self.dtype, copy=False), matmul).reshape(-1, h, w)
         xp = np.pad(x.astype(self.dtype, copy=False), ((0, 0), (self.pad, self.pad), (self.pad, self.pad)))
-        outs = []
+        if self.kind == "deconv":  # phase (rh, rw) holds output rows 2j + rh and columns 2i + rw
+            out = np.empty((self.out_channels, h, 2, w, 2), dtype=self.dtype)  # a split layer is float64
         for n, (rows, cols, _) in enumerate(self.phases):
             patches = np.empty((c, len(rows), len(cols), h, w), dtype=self.dtype)
             for a, dy in enumerate(rows):
                 for e, dx in enumerate(cols):
                     patches[:, a, e] = xp[:, self.pad + dy : self.pad + dy + h, self.pad + dx : self.pad + dx + w]
-            outs.append(self._gemm(n, patches.reshape(-1, h * w), matmul))
-        if self.kind == "conv":
-            return outs[0].reshape(self.out_channels, h, w)
-        # phase (rh, rw) holds output rows 2j + rh and columns 2i + rw
-        out = np.stack(outs).reshape(2, 2, self.out_channels, h, w).transpose(2, 3, 0, 4, 1)
+            result = self._gemm(n, patches.reshape(-1, h * w), matmul).reshape(self.out_channels, h, w)
+            if self.kind == "conv":
+                return result
+            out[:, :, n // 2, :, n % 2] = result
         return out.reshape(self.out_channels, 2 * h, 2 * w)
 
 
-def requantise(acc: np.ndarray, shift: int) -> np.ndarray:
-    """floor(acc / 2**shift + 1/2), exact for integer-valued input."""
+def requantise_(acc: np.ndarray, shift: int) -> np.ndarray:
+    """floor(acc / 2**shift + 1/2), exact for integer-valued input, in place on a float array the
+    caller owns (temporaries the size of a layer's output cost more than the arithmetic)."""
     if shift <= 0:
-        return acc * acc.dtype.type(2 ** (-shift))
-    return np.floor((acc + acc.dtype.type(2 ** (shift - 1))) * acc.dtype.type(2.0**-shift))
+        acc *= acc.dtype.type(2 ** (-shift))
+    else:
+        acc += acc.dtype.type(2 ** (shift - 1))
+        acc *= acc.dtype.type(2.0**-shift)
+        np.floor(acc, out=acc)
+    return acc
+
+
+def requantise_clip_(acc: np.ndarray, shift: int, low: int, high: int) -> np.ndarray:
+    """clip(requantise_(acc, shift), low, high), in place."""
+    return np.clip(requantise_(acc, shift), low, high, out=acc)
 
 
 def requantise_int(acc: np.ndarray, shift: int) -> np.ndarray:
-    """requantise() on int64: an arithmetic right shift of acc + 2**(shift - 1), or a left shift."""
+    """requantise_() on int64: an arithmetic right shift of acc + 2**(shift - 1), or a left shift."""
     return (acc + (1 << (shift - 1))) >> shift if shift > 0 else acc << -shift
 
 
@@ -384,7 +396,7 @@ class IntegerHyperSynthesis:
         """z: (Cz, h, w) integers -> int64 accumulators (2M, 4h, 4w): scales, then means."""
         x = z
         for layer in self._gemms[:-1]:
-            x = np.clip(requantise(layer(x, self.matmul), layer.shift), 0, self.activation_max)  # ReLU, bound
+            x = requantise_clip_(layer(x, self.matmul), layer.shift, 0, self.activation_max)  # ReLU, bound
         return self._gemms[-1](x, self.matmul).astype(np.int64)
 
     def tables(self, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -409,12 +421,14 @@ class IntegerHyperSynthesis:
         if h % 2 or w % 2:
             raise ValueError("the checkerboard context needs an even latent height and width")
         anchors = self._decoded_values(acc, y_sym, m, ANCHOR_PHASES, self.context_input_shift, self.context_input_max)
-        hidden = self._context_conv(anchors, self.matmul).astype(np.int64)
-        if self._fusion is not None:
-            hidden += self._fused_hyperprior(acc)
-        hidden = np.clip(requantise_int(hidden, self._context_conv.shift), 0, self.activation_max)
+        hidden = self._context_conv(anchors, self.matmul)
+        if self._fusion is not None:  # the sum is exact in int64, not proven so in float32
+            hidden = hidden.astype(np.int64) + self._fused_hyperprior(acc)
+            hidden = np.clip(requantise_int(hidden, self._context_conv.shift), 0, self.activation_max)
+        else:
+            hidden = requantise_clip_(hidden, self._context_conv.shift, 0, self.activation_max)
         head = self._context_head  # a 1x1 convolution: the n positions as an n x 1 image
-        correction = requantise(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift).astype(np.int64)
+        correction = requantise_(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift).astype(np.int64)
         out = acc.copy()
         for (r, q), part in zip(OTHER_PHASES, np.split(correction, 2, axis=1)):
             out[:, r::2, q::2] += part.reshape(2 * m, h // 2, w // 2)
@@ -432,9 +446,8 @@ class IntegerHyperSynthesis:
         half = m // 2
         conv, head = self._channel_nets[anchors]
         x = self._decoded_values(acc, y_sym, half, conv.in_phases, self.channel_input_shift, self.channel_input_max)
-        hidden = conv(x, self.matmul).astype(np.int64)
-        hidden = np.clip(requantise_int(hidden, conv.shift), 0, self.activation_max)
-        correction = requantise(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift).astype(np.int64)
+        hidden = requantise_clip_(conv(x, self.matmul), conv.shift, 0, self.activation_max)
+        correction = requantise_(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift).astype(np.int64)
         out = acc.copy()
         scale_part, mean_part = np.split(correction, 2, axis=0)
         for n, (r, q) in enumerate(conv.out_phases):
