@@ -140,7 +140,6 @@ def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: n
     y = y.astype(np.float64)
     acc = model.prior.hyper(z_sym)
     y_sym = np.zeros(y.shape, dtype=np.int64)
-    scale_index = np.zeros(y.shape, dtype=np.int64)
     stages = model.prior.stages(y.shape)
     parts = []
     for part, update in stages:  # each part is quantised around the means the decoder will have for it
