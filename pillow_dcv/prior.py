@@ -71,7 +71,6 @@ class _Layer:
             self.pad = k // 2
         # per output, the largest sum of |weights| that reaches it
         self.rows_l1 = np.max([np.abs(m.astype(np.int64)).sum(axis=1) for _, _, m in self.phases], axis=0)
-        self.row_l1 = int(self.rows_l1.max())
         self.bias = b
         self.dtype = np.float64
         self.float32_rows = None  # a split layer: these outputs in float32, the others in float64
