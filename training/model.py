@@ -12,10 +12,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from ladder import COMPRESSAI_LAMBDAS
 from torch import nn
 
-# loss = lambda * 255^2 * MSE + bpp, one lambda per integer quality 1..8 (CompressAI's ladder).
-LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18)
+# loss = lambda * 255^2 * MSE + bpp, one lambda per integer quality 1..8 (see ladder.py)
 SCALE_MIN = 0.11
 
 
@@ -175,6 +175,7 @@ class DCVModel(nn.Module):
         nz: int = 128,
         nh: int = 128,
         qualities: int = 8,
+        lambdas: tuple[float, ...] = COMPRESSAI_LAMBDAS,
         synthesis_channels: tuple[int, ...] | None = None,
         synthesis_kernels: tuple[int, ...] = (5, 5, 5, 5),
         hyper_kernel: int = 3,
@@ -213,7 +214,8 @@ class DCVModel(nn.Module):
         self.entropy_bottleneck = EntropyBottleneck(nz)
         # Gain units (Cui et al. 2020): one gain vector per quality on the latent, and its inverse.
         # Initialised so that the quantisation step shrinks with lambda, which the model then refines.
-        log_gain = 0.5 * torch.log(torch.tensor(LAMBDAS) / LAMBDAS[3])
+        self.lambdas = tuple(lambdas)
+        log_gain = 0.5 * torch.log(torch.tensor(self.lambdas) / self.lambdas[3])
         self.gain = nn.Parameter(log_gain[:, None].repeat(1, m).clone())
         self.inv_gain = nn.Parameter(-log_gain[:, None].repeat(1, m).clone())
         self.qualities = qualities

@@ -21,7 +21,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import CropSampler, build_cache, cache_entries, held_out  # noqa: E402
-from model import LAMBDAS, DCVModel, gaussian_likelihood, rate_distortion_loss  # noqa: E402
+from ladder import COMPRESSAI_LAMBDAS, remap_ladder  # noqa: E402
+from model import DCVModel, gaussian_likelihood, rate_distortion_loss  # noqa: E402
 
 
 def expand(p: str) -> Path:
@@ -105,13 +106,38 @@ def warm_start(model: DCVModel, ema: DCVModel, path: Path) -> tuple[int, float]:
     Returns the source's step count and hours (a new optimizer is created either way).
     """
     src = torch.load(path, map_location="cpu")
-    weights = src.get("state_dict") or src["model"]
+    weights = adopt_ladder(src.get("state_dict") or src["model"], src.get("config", {}), model)
     fresh = _load_matching(model, weights)
     ema.load_state_dict(model.state_dict())
     if "ema" in src:
-        _load_matching(ema, src["ema"])
+        _load_matching(ema, adopt_ladder(src["ema"], src.get("config", {}), model))
     print(f"initialised from {path} (step {src.get('step', 0)}); fresh: {fresh or 'none'}", flush=True)
     return src.get("step", 0), src.get("hours", 0.0)
+
+
+def adopt_ladder(weights: dict[str, torch.Tensor], source_cfg: dict, model: DCVModel) -> dict[str, torch.Tensor]:
+    """Weights trained for the source's lambda ladder, with gains remapped to the model's ladder."""
+    old = tuple(source_cfg.get("model", {}).get("lambdas", COMPRESSAI_LAMBDAS))
+    if old == model.lambdas:
+        return weights
+    print(f"quality ladder {old} -> {model.lambdas}: gains remapped", flush=True)
+    weights = dict(weights)
+    for name in ("gain", "inv_gain"):
+        weights[name] = torch.from_numpy(remap_ladder(weights[name].float().numpy(), old, model.lambdas))
+    return weights
+
+
+def adopt_ladder_moments(opt_state: dict, source_cfg: dict, model: DCVModel) -> dict:
+    """Adam's moments of the gains follow their rows (nearest row outside the old ladder)."""
+    old = tuple(source_cfg.get("model", {}).get("lambdas", COMPRESSAI_LAMBDAS))
+    if old == model.lambdas:
+        return opt_state
+    names = [n for n, _ in model.named_parameters()]
+    for name in ("gain", "inv_gain"):
+        moments = opt_state["state"][names.index(name)]
+        for key in ("exp_avg", "exp_avg_sq"):
+            moments[key] = torch.from_numpy(remap_ladder(moments[key].numpy(), old, model.lambdas, extrapolate=False))
+    return opt_state
 
 
 def _load_matching(model: DCVModel, weights: dict[str, torch.Tensor]) -> list[str]:
@@ -162,9 +188,9 @@ def main() -> None:
     step, hours, warm_from = 0, 0.0, 0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
+        model.load_state_dict(adopt_ladder(state["model"], state["config"], model))
+        ema.load_state_dict(adopt_ladder(state["ema"], state["config"], model))
+        opt.load_state_dict(adopt_ladder_moments(state["opt"], state["config"], model))
         step, hours, warm_from = state["step"], state["hours"], state.get("warm_from", 0)
         print(f"resumed at step {step} ({hours:.2f} h)", flush=True)
     else:
@@ -183,7 +209,7 @@ def main() -> None:
     log = expand(cfg["run"]["log"]).open("a")
     eval_images = load_eval_images(root / cfg["run"]["eval_dir"], cfg["run"]["eval_images"])
     holdout_images = [load_eval_image(p, 512) for p in holdout]
-    lambdas = torch.tensor(LAMBDAS)
+    lambdas = torch.tensor(model.lambdas)
     t_start, t_saved = time.time(), time.time()
     hours_start = hours
     bf16 = use_bf16(cfg["run"].get("amp", "auto"))
@@ -196,7 +222,7 @@ def main() -> None:
         for g in opt.param_groups:
             g["lr"] = learning_rate(step, cfg["optim"], warm_from)
         x = to_tensor(sampler.batch(cfg["data"]["batch"]))
-        q = torch.randint(0, len(LAMBDAS), (x.shape[0],))
+        q = torch.randint(0, len(model.lambdas), (x.shape[0],))
         if args.fixed_quality:
             q.fill_(args.fixed_quality - 1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
