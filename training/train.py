@@ -30,9 +30,17 @@ def expand(p: str) -> Path:
 
 
 def learning_rate(step: int, cfg: dict, warm_from: int = 0) -> float:
-    """Cosine decay, with a linear warm-up to it from ``warm_from`` (the step a run was initialised at)."""
+    """Cosine decay, with a linear warm-up to it from ``warm_from`` (the step a run was initialised at).
+
+    An ``anneal_from`` step starts a second, short cosine from the rate there down to ``anneal_lr``
+    over ``anneal_steps``: a release branch of a run that goes on at the main schedule.
+    """
     t = min(1.0, step / cfg["decay_steps"])
     lr = cfg["lr_final"] + 0.5 * (cfg["lr"] - cfg["lr_final"]) * (1 + math.cos(math.pi * t))
+    if "anneal_from" in cfg and step >= cfg["anneal_from"]:
+        start = learning_rate(cfg["anneal_from"], {k: v for k, v in cfg.items() if k != "anneal_from"})
+        t = min(1.0, (step - cfg["anneal_from"]) / cfg["anneal_steps"])
+        lr = cfg["anneal_lr"] + 0.5 * (start - cfg["anneal_lr"]) * (1 + math.cos(math.pi * t))
     if step - warm_from < cfg["warmup_steps"]:
         return lr * (step - warm_from + 1) / cfg["warmup_steps"]
     return lr
