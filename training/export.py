@@ -36,6 +36,11 @@ ACTIVATION_MAX = 2**10 - 1  # ... and the runtime clips at twice that (0.1 % lar
 # (estimated bits against the float model, dcv-ms2-s05: 8 bits +0.47 %, 10 +0.28 %, 11 +0.61 %;
 # dcv-ms2-s06: 8 +0.79 %, 9 +0.69 %, 10 +0.93 %, 11 +1.42 %), so export measures these and keeps the best.
 CONTEXT_INPUT_BITS = (8, 9, 10)
+# The context networks' hidden layers map their calibrated maximum to 2**11 and clip at ACTIVATION_MAX,
+# i.e. at half that maximum: the finer steps matter more than the rare largest values (session 8,
+# dcv-ms2-s09, estimated bits of the integer prior against the float model at q1 / q4 / q8: 9 bits
+# +4.64 / +1.18 / +0.69 %, 10 bits +2.81 / +0.92 / +0.46 %, 11 bits +2.30 / +0.74 / +0.45 %).
+CONTEXT_HIDDEN_BITS = 11
 SCALE_TABLE = np.exp(np.linspace(math.log(SCALE_MIN), math.log(256.0), 64))
 TABLE_PRECISION = 2**20
 # Layers given WIDE_BITS-bit weights and float64 GEMMs instead of the most bits float32 allows. The
@@ -214,7 +219,7 @@ def quantise_context(
 
     Its input is the decoded anchors y_hat, known exactly in units of 2**-out_frac, rounded to
     ``frac_in`` fractional bits so that the calibrated maximum is about 2**input_bits; the
-    hidden layer is calibrated like the hyper-synthesis'; the 1x1 output layer is shifted to the
+    hidden layer is calibrated with CONTEXT_HIDDEN_BITS; the 1x1 output layer is shifted to the
     hyper-synthesis' output units, to which it is added. With fusion, the hyperprior's S and U enter
     with the same input precision, and their 1x1 convolution is shifted into layer 0's units.
     """
@@ -240,7 +245,7 @@ def quantise_context(
             hidden_max = max(hidden_max, float((torch.relu(hidden) * ~anchor).max()))
     frac_in = min(out_frac, int(math.floor(math.log2(2**input_bits / y_max))))
     input_max = 2 ** (input_bits + 1) - 1
-    frac_hidden = int(math.floor(math.log2(2**ACTIVATION_BITS / hidden_max)))
+    frac_hidden = int(math.floor(math.log2(2**CONTEXT_HIDDEN_BITS / hidden_max)))
     b0 = conv0.bias.detach().double().numpy()
 
     def build0(wq, frac_w):
@@ -272,7 +277,7 @@ def quantise_channel_context(
 ) -> dict[str, np.ndarray]:
     """The two-slice channel context on integers (IntegerHyperSynthesis.channel_context): the first
     half's decoded values as input (one precision for both networks, like the context's), hidden
-    layers calibrated like the hyper-synthesis', heads shifted to the units of S and U."""
+    layers calibrated with CONTEXT_HIDDEN_BITS, heads shifted to the units of S and U."""
     from pillow_dcv.prior import ALL_PHASES, ANCHOR_PHASES, OTHER_PHASES, _PhaseConv
 
     half = model.m // 2
@@ -299,7 +304,7 @@ def quantise_channel_context(
             odd = (np.add.outer(np.arange(k), np.arange(k)) - 2 * (k // 2)) % 2 == 1
             w0[:, :, odd] = 0.0
         b0 = conv0.bias.detach().double().numpy()
-        frac_hidden = int(math.floor(math.log2(2**ACTIVATION_BITS / hidden_max[name])))
+        frac_hidden = int(math.floor(math.log2(2**CONTEXT_HIDDEN_BITS / hidden_max[name])))
 
         def build0(wq, frac_w, b0=b0, frac_hidden=frac_hidden, phases=phases):
             bias, shift = fixed_point(b0, frac_in + frac_w), frac_in + frac_w - frac_hidden
