@@ -46,3 +46,10 @@ def test_the_new_ladder_spans_the_issue_range_and_increases() -> None:
 def test_a_ladder_that_does_not_match_the_table_is_refused() -> None:
     with pytest.raises(ValueError):
         remap_ladder(np.zeros((7, 2)), OLD, LAMBDAS)
+
+
+def test_the_training_recipe_uses_this_ladder() -> None:
+    import tomllib
+
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / "training" / "config.toml").read_text())
+    assert tuple(config["model"]["lambdas"]) == LAMBDAS
