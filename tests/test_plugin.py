@@ -275,3 +275,10 @@ def test_roundtrip_property(sample, width, height, mode, quality, left, top, see
     colour = "L" if mode.startswith("L") else "RGB"
     error = psnr(np.asarray(out.convert(colour)), np.asarray(src.convert(colour)))
     assert error >= PSNR_FLOOR[int(quality)] - (2.0 if min(width, height) < 8 else 0.0)
+
+
+def test_default_quality_is_documented_one(photo: Image.Image) -> None:
+    # README: the default is 6 (the quality ladder moved down in session 8; 4 would now be ~0.4 bpp)
+    buf = io.BytesIO()
+    photo.save(buf, "DCV")
+    assert Image.open(io.BytesIO(buf.getvalue())).info["quality"] == 6.0
