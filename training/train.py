@@ -123,9 +123,14 @@ def warm_start(model: DCVModel, ema: DCVModel, path: Path) -> tuple[int, float]:
     return src.get("step", 0), src.get("hours", 0.0)
 
 
+def source_ladder(source_cfg: dict) -> tuple[float, ...]:
+    """The lambda ladder a checkpoint was trained for (CompressAI's when its config names none)."""
+    return tuple(source_cfg.get("model", {}).get("lambdas", COMPRESSAI_LAMBDAS))
+
+
 def adopt_ladder(weights: dict[str, torch.Tensor], source_cfg: dict, model: DCVModel) -> dict[str, torch.Tensor]:
     """Weights trained for the source's lambda ladder, with gains remapped to the model's ladder."""
-    old = tuple(source_cfg.get("model", {}).get("lambdas", COMPRESSAI_LAMBDAS))
+    old = source_ladder(source_cfg)
     if old == model.lambdas:
         return weights
     print(f"quality ladder {old} -> {model.lambdas}: gains remapped", flush=True)
@@ -137,7 +142,7 @@ def adopt_ladder(weights: dict[str, torch.Tensor], source_cfg: dict, model: DCVM
 
 def adopt_ladder_moments(opt_state: dict, source_cfg: dict, model: DCVModel) -> dict:
     """Adam's moments of the gains follow their rows (nearest row outside the old ladder)."""
-    old = tuple(source_cfg.get("model", {}).get("lambdas", COMPRESSAI_LAMBDAS))
+    old = source_ladder(source_cfg)
     if old == model.lambdas:
         return opt_state
     names = [n for n, _ in model.named_parameters()]
