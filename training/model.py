@@ -224,8 +224,10 @@ class DCVModel(nn.Module):
         """Per-sample gain and inverse gain for integer quality indices q (0-based)."""
         return self.gain[q].exp()[:, :, None, None], self.inv_gain[q].exp()[:, :, None, None]
 
-    def forward(self, x: torch.Tensor, q: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, q: torch.Tensor, frozen_analysis: bool = False) -> dict[str, torch.Tensor]:
         gain, inv_gain = self.gains(q)
+        if frozen_analysis:
+            return self._forward_frozen_analysis(x, gain, inv_gain)
         y = self.g_a(x).float() * gain
         z = self.h_a(y).float()
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
@@ -236,6 +238,28 @@ class DCVModel(nn.Module):
         z_lik = self.entropy_bottleneck.likelihood(z_noisy)
         x_hat = self.g_s(y_hat * inv_gain).float()
         return {"x_hat": x_hat, "y_lik": y_lik, "z_lik": z_lik}
+
+    def _forward_frozen_analysis(
+        self, x: torch.Tensor, gain: torch.Tensor, inv_gain: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Fine-tuning with the encoder side fixed ("soft then hard", Guo et al. 2021): the latents
+        are rounded for the rate as well, so the entropy model and the synthesis learn the values they
+        will see in a file instead of the noisy proxy. The means still learn from the rate through
+        straight-through rounding; the analysis, hyper-analysis and gains get no gradient."""
+        with torch.no_grad():
+            y = self.g_a(x).float() * gain
+            z_hat = torch.round(self.h_a(y).float())
+        y_hat, scale, mu = self.entropy_parameters(y, self.h_s(z_hat).float(), ste_round)
+        y_lik = gaussian_likelihood(y_hat - mu, scale)
+        z_lik = self.entropy_bottleneck.likelihood(z_hat)
+        x_hat = self.g_s(y_hat * inv_gain).float()
+        return {"x_hat": x_hat, "y_lik": y_lik, "z_lik": z_lik}
+
+    def freeze_analysis(self) -> None:
+        """No gradient for the encoder side (see ``_forward_frozen_analysis``)."""
+        for part in (self.g_a, self.h_a):
+            part.requires_grad_(False)
+        self.gain.requires_grad_(False)
 
 
     def entropy_parameters(

@@ -213,6 +213,14 @@ def main() -> None:
             warm_from = step  # a fresh optimizer (and maybe fresh layers): warm up again
     if args.reset_ema:
         ema.load_state_dict(model.state_dict())
+    frozen = cfg["optim"].get("frozen_analysis", False)
+    if frozen:
+        if not (ckpt_path.exists() and state["config"]["optim"].get("frozen_analysis", False)):
+            # first step of the fine-tune: the decoder side adapts to the EMA's (better) encoder, and the
+            # EMA's encoder then stays equal to the model's
+            model.load_state_dict(ema.state_dict())
+            print("frozen analysis: starting from the EMA weights", flush=True)
+        model.freeze_analysis()
     ema.requires_grad_(False)
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
     # Inductor fuses GDN and the likelihoods' elementwise work (+9 % steps per hour in the run); the first
@@ -239,7 +247,7 @@ def main() -> None:
         if args.fixed_quality:
             q.fill_(args.fixed_quality - 1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = forward(x, q)
+            out = forward(x, q, frozen)
         losses = rate_distortion_loss(out, x, lambdas[q])
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
