@@ -23,7 +23,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 # own threads, while numpy's BLAS threads would keep spinning after each call and slow the synthesis
 # that follows (Kodak decode 450 -> 360 ms/Mpx).
 GEMM_DIR = Path(__file__).resolve().parent / "gemm"
-DEFAULT_MODEL = "dcv-ms2-s09"
+DEFAULT_MODEL = "dcv-ms2-s10"
 MODEL_FILES = ("analysis.onnx", "synthesis.onnx", "prior.npz")
 
 _lock = threading.Lock()

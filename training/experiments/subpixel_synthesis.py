@@ -76,7 +76,8 @@ def main() -> None:
     from export import Synthesis, bake_gdn
     from model import DCVModel
 
-    state = torch.load("training/weights/dcv-ms2-s09.pt", weights_only=False)
+    weights = sys.argv[1] if len(sys.argv) > 1 else "training/weights/dcv-ms2-s10.pt"
+    state = torch.load(weights, weights_only=False)
     model = DCVModel(**state["config"]["model"])
     model.load_state_dict({k: v.float() for k, v in state["state_dict"].items()})
     model.eval().requires_grad_(False)
