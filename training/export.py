@@ -50,6 +50,7 @@ TABLE_PRECISION = 2**20
 WIDE_LAYERS = ("h_s layer 2",)
 WIDE_BITS = 13
 Z_SEARCH = 512  # hyper-latent support searched for the factorized tables
+CALIBRATION_DIR = ROOT.parent / "shared/data/train/debian_wallpapers"  # the first 4 photos, every quality
 
 
 class Analysis(nn.Module):
@@ -400,7 +401,7 @@ def main() -> None:
     ap.add_argument("--model-id", required=True)
     ap.add_argument("--out", default=str(ROOT / "pillow_dcv" / "models"))
     ap.add_argument("--raw", action="store_true", help="use the raw weights, not the EMA")
-    ap.add_argument("--calibration", default=str(ROOT.parent / "shared/data/train/debian_wallpapers"))
+    ap.add_argument("--calibration", default=str(CALIBRATION_DIR))
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -433,15 +434,8 @@ def main() -> None:
         store_weights_fp16(out / name)
 
     calib_paths = sorted(Path(args.calibration).glob("*"))[:4]
-    calib_z, calib_y = [], []
-    with torch.no_grad():
-        for p in calib_paths:
-            img = load_image(p)
-            for q in range(len(model.gain)):
-                g, _ = model.gains(torch.tensor([q]))
-                y = model.g_a(img) * g
-                calib_y.append(y)
-                calib_z.append(torch.round(model.h_a(y)))
+    latents = calibration_latents(model, calib_paths)
+    calib_y, calib_z = [y for _, y, _ in latents], [z for _, _, z in latents]
     params = quantise_hyper_synthesis(model, calib_z)
     params.update(gaussian_tables())
     params.update(factorized_tables(model))
@@ -455,6 +449,19 @@ def main() -> None:
     (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
     check(model, out, calib_paths[:2], list(zip(calib_y, calib_z)))
     print(f"exported {args.model_id} (step {step}) to {out}")
+
+
+def calibration_latents(model: DCVModel, paths: list[Path]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(quality index, y, rounded z) for every photo at every quality: the calibration data."""
+    out = []
+    with torch.no_grad():
+        for p in paths:
+            img = load_image(p)
+            for q in range(len(model.gain)):
+                g, _ = model.gains(torch.tensor([q]))
+                y = model.g_a(img) * g
+                out.append((q, y, torch.round(model.h_a(y))))
+    return out
 
 
 def best_context(

@@ -17,25 +17,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import export  # noqa: E402
-from export import SCALE_TABLE, estimated_bits, load_image  # noqa: E402
+from export import SCALE_TABLE, estimated_bits  # noqa: E402
 from model import DCVModel  # noqa: E402
 
 
-def build(weights: str) -> tuple[DCVModel, list, list]:
+def build(weights: str) -> tuple[DCVModel, list]:
     state = torch.load(weights, map_location="cpu", weights_only=False)
     sd = state.get("state_dict") or state["ema"]
     model = DCVModel(**state["config"]["model"])
     model.load_state_dict({k: v.float() for k, v in sd.items()})
     model.eval().requires_grad_(False)
-    calib = sorted((export.ROOT.parent / "shared/data/train/debian_wallpapers").glob("*"))[:4]
-    pairs = []
-    with torch.no_grad():
-        for p in calib:
-            img = load_image(p)
-            for q in range(len(model.gain)):
-                g, _ = model.gains(torch.tensor([q]))
-                y = model.g_a(img) * g
-                pairs.append((q, y, torch.round(model.h_a(y))))
+    pairs = export.calibration_latents(model, sorted(export.CALIBRATION_DIR.glob("*"))[:4])
     return model, pairs
 
 
