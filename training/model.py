@@ -9,6 +9,7 @@ with integer weights so that the entropy decoder's probabilities are exactly rep
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -152,19 +153,40 @@ def analysis_transform(m: int, channels: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def synthesis_transform(m: int, channels: tuple[int, ...], kernels: tuple[int, ...]) -> nn.Sequential:
+class ResidualBlock(nn.Module):
+    """x + conv3x3(relu(conv3x3(x))). The second convolution starts at zero, so a trained model keeps
+    its behaviour when the block is added and the block grows from there."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv(channels, hidden, 3, 1), nn.ReLU(), conv(hidden, channels, 3, 1))
+        nn.init.zeros_(self.body[2].weight)
+        nn.init.zeros_(self.body[2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def synthesis_transform(
+    m: int, channels: tuple[int, ...], kernels: tuple[int, ...], residual: int = 0
+) -> nn.Sequential:
     """Four transposed convolutions, each doubling the size, with inverse GDN between them.
 
     Decode time is spent where the feature maps are large, so a light decoder narrows the
-    channels towards full resolution and uses small even kernels there.
+    channels towards full resolution and uses small even kernels there. With ``residual`` hidden
+    channels, a residual block at 1/8 resolution (after the first inverse GDN) adds capacity where
+    it is cheap: without it the 192 -> 96 first layer is the synthesis' bottleneck (training/LOG.md,
+    session 7). Its layers are named ``res1`` so that the other layers keep their indices.
     """
     widths = (m, *channels, 3)
-    layers: list[nn.Module] = []
+    layers: list[tuple[str, nn.Module]] = []
     for i, k in enumerate(kernels):
-        layers.append(deconv(widths[i], widths[i + 1], k))
+        layers.append((str(2 * i), deconv(widths[i], widths[i + 1], k)))
         if i < len(kernels) - 1:
-            layers.append(GDN(widths[i + 1], inverse=True))
-    return nn.Sequential(*layers)
+            layers.append((str(2 * i + 1), GDN(widths[i + 1], inverse=True)))
+        if i == 0 and residual:
+            layers.append(("res1", ResidualBlock(widths[1], residual)))
+    return nn.Sequential(OrderedDict(layers))
 
 
 class DCVModel(nn.Module):
@@ -178,6 +200,7 @@ class DCVModel(nn.Module):
         lambdas: tuple[float, ...] = COMPRESSAI_LAMBDAS,
         synthesis_channels: tuple[int, ...] | None = None,
         synthesis_kernels: tuple[int, ...] = (5, 5, 5, 5),
+        synthesis_residual: int = 0,
         hyper_kernel: int = 3,
         analysis_channels: tuple[int, ...] | None = None,
         context_channels: int = 0,
@@ -188,7 +211,9 @@ class DCVModel(nn.Module):
         super().__init__()
         self.n, self.m, self.nz, self.nh = n, m, nz, nh
         self.g_a = analysis_transform(m, tuple(analysis_channels or (n, n, n)))
-        self.g_s = synthesis_transform(m, tuple(synthesis_channels or (n, n, n)), tuple(synthesis_kernels))
+        self.g_s = synthesis_transform(
+            m, tuple(synthesis_channels or (n, n, n)), tuple(synthesis_kernels), synthesis_residual
+        )
         self.h_a = nn.Sequential(
             conv(m, nh, 3, 1), nn.ReLU(), conv(nh, nh), nn.ReLU(), conv(nh, nz),
         )
