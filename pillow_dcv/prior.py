@@ -2,13 +2,12 @@
 
 Float networks are not bit-reproducible across CPUs, BLAS builds, thread counts or onnxruntime
 optimisation levels, and one flipped table index corrupts the rest of a stream. So this path
-uses integer weights and integer activations evaluated as floating-point matrix products in which
-every product and every partial sum is an integer the type represents exactly: below 2**24 in
-float32, below 2**53 in float64. Then the result is exact whatever the summation order, FMA or
-SIMD. Each layer uses float32 (twice as fast) when a bound computed from its weights proves it
-exact, float64 otherwise. Requantisation divides by powers of two with round-half-up (also
-exact), and scale indices come from integer thresholds. The checkerboard context model, which
-corrects the tables of half the latents from the decoded other half, is built the same way.
+uses integer weights and integer activations, and its matrix products are integer GEMMs: 8-bit
+inputs times 8-bit weights with 32-bit sums (onnxruntime's MatMulInteger, VNNI on x86), which no
+summation order, FMA or SIMD width can change. Wider operands are cut into bytes and the partial
+products added in int64 (ExactGemm). Requantisation divides by powers of two with round-half-up
+(also exact), and scale indices come from integer thresholds. The checkerboard context model,
+which corrects the tables of half the latents from the decoded other half, is built the same way.
 See spec/format.md section 6.
 """
 
@@ -18,11 +17,75 @@ from collections.abc import Callable
 
 import numpy as np
 
-MatMul = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (N, K) uint8 @ (K, O) int8 -> (N, O) int32, exactly: onnxruntime's MatMulInteger in the runtime
+IntMatMul = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Update = Callable[[np.ndarray, np.ndarray], np.ndarray]
 DEFAULT_ACTIVATION_MAX = 2**16 - 1  # models without `hs_activation_max` (dcv-ms2-s03 and older)
 FLOAT32_EXACT = 2**24
-FLOAT64_EXACT = 2**53
+INT32_SUM_LIMIT = 2**31
+
+
+def blas_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The IntMatMul contract through numpy's float64 BLAS: every partial sum of bytes times int8 is
+    below 2**31, far inside float64's exact integers, so this is exact too (tests, export)."""
+    return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int32)
+
+
+class ExactGemm:
+    """weights (O, K) @ x.T for integer x (N, K) in [low, high]: (N, O) int64, exactly.
+
+    x is offset to be non-negative and cut into bytes; a weight into 7-bit lower parts and a signed
+    top byte. One IntMatMul multiplies every byte plane (stacked along N) by every weight part
+    (side by side along O), each sum below K * 255 * 128 < 2**31; the partial products are then
+    shifted and added in int64, and the offset's share (offset * row sums) taken off.
+    """
+
+    def __init__(self, weights: np.ndarray, low: int, high: int) -> None:
+        w = np.asarray(weights, dtype=np.int64)
+        if w.shape[1] * 255 * 128 >= INT32_SUM_LIMIT:
+            raise ValueError("integer prior: too many inputs per output for 32-bit sums")
+        self.out_channels = w.shape[0]
+        self.offset = max(0, -int(low))
+        self.input_bytes = max(1, (int(high) + self.offset).bit_length() + 7) // 8
+        parts = []  # least significant first
+        rest = w
+        while rest.min() < -128 or rest.max() > 127:
+            parts.append(rest & 127)
+            rest = rest >> 7  # exact: the low 7 bits are in the part below
+        parts.append(rest)
+        self.weight_parts = len(parts)
+        self.matrix = np.ascontiguousarray(np.concatenate(parts, axis=0).T.astype(np.int8))  # (K, parts * O)
+        self.offset_share = self.offset * w.sum(axis=1)
+        self.row_l1 = np.abs(w).sum(axis=1)  # with the largest |input|, the bound on |accumulator|
+        # patch matrices in the narrowest type that holds an offset input (bytes are read from it)
+        self.dtype = np.int16 if int(high) + self.offset < 2**15 else np.int32
+
+    @property
+    def products(self) -> int:
+        """8-bit GEMMs per call: the cost of this layer relative to one of 8-bit operands."""
+        return self.input_bytes * self.weight_parts
+
+    def __call__(self, x: np.ndarray, matmul: IntMatMul, offset_applied: bool = False) -> np.ndarray:
+        """x: (N, K) integers in [low, high], or x + offset if offset_applied."""
+        if self.offset and not offset_applied:
+            x = x + self.offset
+        n, k = x.shape
+        if self.input_bytes == 1:
+            planes = x.astype(np.uint8)
+        else:  # little-endian bytes of the non-negative inputs, one plane per byte
+            raw = np.ascontiguousarray(x, dtype=self.dtype).view(np.uint8).reshape(n, k, -1)
+            planes = np.empty((self.input_bytes, n, k), dtype=np.uint8)
+            for i in range(self.input_bytes):
+                planes[i] = raw[:, :, i]
+        r = matmul(planes.reshape(-1, k), self.matrix).reshape(self.input_bytes, n, self.weight_parts, -1)
+        out = r[0, :, 0].astype(np.int64)
+        for i in range(self.input_bytes):
+            for j in range(self.weight_parts):
+                if i or j:
+                    out += r[i, :, j].astype(np.int64) << (8 * i + 7 * j)
+        if self.offset:
+            out -= self.offset_share
+        return out
 
 
 def _phase_taps(k: int, r: int) -> list[tuple[int, int]]:
@@ -32,118 +95,78 @@ def _phase_taps(k: int, r: int) -> list[tuple[int, int]]:
     return [(t, (r + p - t) // 2) for t in range(k) if (t - r - p) % 2 == 0]
 
 
-def sum_bounds(row_l1: np.ndarray, input_max: int, bias: np.ndarray, shift: int, last: bool) -> np.ndarray:
-    """Per output row, the largest |partial sum|: sum|w| * max|x| + |bias| + rounding offset."""
-    rounding = 2 ** (shift - 1) if shift > 0 and not last else 0
-    bound = np.asarray(row_l1, dtype=np.int64) * input_max + np.abs(np.asarray(bias, dtype=np.int64)) + rounding
-    if bound.max() >= FLOAT64_EXACT:
-        raise ValueError("integer prior: accumulator bound exceeds 2**53")
-    return bound
-
-
-def exact_dtype(row_l1: int, input_max: int, bias: np.ndarray, shift: int, last: bool) -> type:
-    """float32 when |every partial sum| < 2**24 in every row, float64 otherwise."""
-    bound = sum_bounds(np.full(len(bias), row_l1), input_max, bias, shift, last)
-    return np.float32 if bound.max() < FLOAT32_EXACT else np.float64
+def _patches(xp: np.ndarray, pad: int, h: int, w: int, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """(h * w, taps * C) patch matrix of a padded channels-last input (h + 2 pad, w + 2 pad, C): row
+    (y, x) holds the input at (y + dy, x + dx) for each (dy, dx) in offsets, channels innermost."""
+    c = xp.shape[2]
+    out = np.empty((h, w, len(offsets), c), dtype=xp.dtype)
+    for t, (dy, dx) in enumerate(offsets):
+        out[:, :, t] = xp[pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+    return out.reshape(h * w, -1)
 
 
 class _Layer:
-    """One layer as im2col GEMMs. A stride-2 transposed convolution is split into its four output
-    phases (polyphase): each is an ordinary convolution of the input, so no output is scattered."""
+    """One layer as im2col GEMMs on channels-last integers. A stride-2 transposed convolution is
+    split into its four output phases (polyphase): each is an ordinary convolution of the input,
+    so no output is scattered."""
 
     def __init__(self, kind: str, w: np.ndarray, b: np.ndarray, shift: int, last: bool) -> None:
         self.kind, self.shift, self.last = kind, shift, last
+        self.bias = np.asarray(b, dtype=np.int64)
         k = w.shape[-1]
+        self.phases = []  # (input offsets (dy, dx), (O, taps * C) weights with channels innermost)
         if kind == "deconv":
             self.out_channels = w.shape[1]
-            self.phases = []  # ((row offsets), (column offsets), matrix) for phases (0,0), (0,1), (1,0), (1,1)
             for rh in (0, 1):
                 for rw in (0, 1):
                     th, tw = _phase_taps(k, rh), _phase_taps(k, rw)
                     taps = w[:, :, [t for t, _ in th]][:, :, :, [t for t, _ in tw]]  # (C, O, a, e)
-                    matrix = taps.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)
-                    self.phases.append(([s for _, s in th], [s for _, s in tw], matrix))
+                    matrix = taps.transpose(1, 2, 3, 0).reshape(self.out_channels, -1)
+                    self.phases.append(([(dy, dx) for _, dy in th for _, dx in tw], matrix))
             self.pad = max(abs(s) for r in (0, 1) for _, s in _phase_taps(k, r))
         else:
             self.out_channels = w.shape[0]
-            offsets = [a - k // 2 for a in range(k)]
-            self.phases = [(offsets, offsets, w.reshape(self.out_channels, -1))]
+            r = range(-(k // 2), k // 2 + 1)
+            self.phases = [([(dy, dx) for dy in r for dx in r], w.transpose(0, 2, 3, 1).reshape(self.out_channels, -1))]
             self.pad = k // 2
-        # per output, the largest sum of |weights| that reaches it
-        self.rows_l1 = np.max([np.abs(m.astype(np.int64)).sum(axis=1) for _, _, m in self.phases], axis=0)
-        self.bias = b
-        self.dtype = np.float64
-        self.float32_rows = None  # a split layer: these outputs in float32, the others in float64
+        self.gemms: list[ExactGemm] = []
 
-    def choose_dtype(self, input_max: int) -> None:
-        bound = sum_bounds(self.rows_l1, input_max, self.bias, self.shift, self.last)
-        fits = bound < FLOAT32_EXACT
-        self.dtype = np.float32 if fits.all() else np.float64
-        if self.dtype == np.float64 and fits.any():
-            # Rows proven exact in float32 get a float32 GEMM of their own: the same integers, and
-            # most of the work at float32 speed (the last hyper-synthesis layer: ~70 % of its rows).
-            self.float32_rows, self.float64_rows = np.flatnonzero(fits), np.flatnonzero(~fits)
-            self.split_phases = [
-                (m[self.float32_rows].astype(np.float32), m[self.float64_rows].astype(np.float64))
-                for _, _, m in self.phases
-            ]
-            self.split_bias = (
-                self.bias[self.float32_rows].astype(np.float32)[:, None],
-                self.bias[self.float64_rows].astype(np.float64)[:, None],
-            )
-        self.phases = [(rows, cols, m.astype(self.dtype)) for rows, cols, m in self.phases]
-        self.bias = self.bias.astype(self.dtype)[:, None]
+    def prepare(self, low: int, high: int) -> None:
+        """Cut the weights for inputs in [low, high]."""
+        self.gemms = [ExactGemm(m, low, high) for _, m in self.phases]
 
-    def _gemm(self, phase: int, patches: np.ndarray, matmul: MatMul) -> np.ndarray:
-        if self.float32_rows is None:
-            out = matmul(self.phases[phase][2], patches)
-            out += self.bias
-            return out
-        (m32, m64), (b32, b64) = self.split_phases[phase], self.split_bias
-        out = np.empty((self.out_channels, patches.shape[1]), dtype=np.float64)
-        out[self.float32_rows] = matmul(m32, patches.astype(np.float32)) + b32
-        out[self.float64_rows] = matmul(m64, patches) + b64
-        return out
-
-    def __call__(self, x: np.ndarray, matmul: MatMul) -> np.ndarray:
-        c, h, w = x.shape
+    def __call__(self, x: np.ndarray, matmul: IntMatMul) -> np.ndarray:
+        """x: (h, w, C) integers -> (h', w', O) int64 accumulators (bias added, not requantised)."""
+        h, w, c = x.shape
+        x = x.astype(self.gemms[0].dtype, copy=False)
         if self.pad == 0 and self.kind == "conv":  # 1x1: the input is its own patch matrix
-            return self._gemm(0, x.reshape(c, h * w).astype(self.dtype, copy=False), matmul).reshape(-1, h, w)
-        xp = np.pad(x.astype(self.dtype, copy=False), ((0, 0), (self.pad, self.pad), (self.pad, self.pad)))
-        if self.kind == "deconv":  # phase (rh, rw) holds output rows 2j + rh and columns 2i + rw
-            out = np.empty((self.out_channels, h, 2, w, 2), dtype=self.dtype)  # a split layer is float64
-        for n, (rows, cols, _) in enumerate(self.phases):
-            patches = np.empty((c, len(rows), len(cols), h, w), dtype=self.dtype)
-            for a, dy in enumerate(rows):
-                for e, dx in enumerate(cols):
-                    patches[:, a, e] = xp[:, self.pad + dy : self.pad + dy + h, self.pad + dx : self.pad + dx + w]
-            result = self._gemm(n, patches.reshape(-1, h * w), matmul).reshape(self.out_channels, h, w)
-            if self.kind == "conv":
-                return result
-            out[:, :, n // 2, :, n % 2] = result
-        return out.reshape(self.out_channels, 2 * h, 2 * w)
-
-
-def requantise_(acc: np.ndarray, shift: int) -> np.ndarray:
-    """floor(acc / 2**shift + 1/2), exact for integer-valued input, in place on a float array the
-    caller owns (temporaries the size of a layer's output cost more than the arithmetic)."""
-    if shift <= 0:
-        acc *= acc.dtype.type(2 ** (-shift))
-    else:
-        acc += acc.dtype.type(2 ** (shift - 1))
-        acc *= acc.dtype.type(2.0**-shift)
-        np.floor(acc, out=acc)
-    return acc
-
-
-def requantise_clip_(acc: np.ndarray, shift: int, low: int, high: int) -> np.ndarray:
-    """clip(requantise_(acc, shift), low, high), in place."""
-    return np.clip(requantise_(acc, shift), low, high, out=acc)
+            return (self.gemms[0](x.reshape(h * w, c), matmul) + self.bias).reshape(h, w, -1)
+        p = self.pad
+        xp = np.pad(x, ((p, p), (p, p), (0, 0)))
+        results = [g(_patches(xp, p, h, w, offsets), matmul) for (offsets, _), g in zip(self.phases, self.gemms)]
+        if self.kind == "conv":
+            return (results[0] + self.bias).reshape(h, w, -1)
+        out = np.empty((h, 2, w, 2, self.out_channels), dtype=np.int64)  # phase (rh, rw): rows 2j + rh
+        for n, result in enumerate(results):
+            out[:, n // 2, :, n % 2] = result.reshape(h, w, -1)
+        out += self.bias
+        return out.reshape(2 * h, 2 * w, self.out_channels)
 
 
 def requantise_int(acc: np.ndarray, shift: int) -> np.ndarray:
-    """requantise_() on int64: an arithmetic right shift of acc + 2**(shift - 1), or a left shift."""
+    """floor(acc / 2**shift + 1/2) on integers: an arithmetic right shift of acc + 2**(shift - 1),
+    or a left shift."""
     return (acc + (1 << (shift - 1))) >> shift if shift > 0 else acc << -shift
+
+
+def requantise_clip(acc: np.ndarray, shift: int, low: int, high: int) -> np.ndarray:
+    """clip(requantise_int(acc, shift), low, high), in place where it can."""
+    if shift > 0:
+        acc += 1 << (shift - 1)
+        acc >>= shift
+    else:
+        acc <<= -shift
+    return np.clip(acc, low, high, out=acc)
 
 
 def anchor_mask(h: int, w: int) -> np.ndarray:
@@ -228,27 +251,27 @@ class _PhaseConv:
         if any(taps != reach[0] for taps in reach):
             raise ValueError("output phases that see different taps")
         self.taps = sorted(reach[0])
-        taps = np.stack([w[:, :, self.pad + dy, self.pad + dx] for dy, dx in self.taps], axis=2)  # (O, C, T)
-        matrix = taps.reshape(w.shape[0], -1)
-        row_l1 = int(np.abs(matrix.astype(np.int64)).sum(axis=1).max())
-        self.dtype = exact_dtype(row_l1, input_max, b, shift, last=False)
-        self.matrix = matrix.astype(self.dtype)
-        self.bias = b.astype(self.dtype)[:, None]
+        taps = np.stack([w[:, :, self.pad + dy, self.pad + dx] for dy, dx in self.taps], axis=1)  # (O, T, C)
+        self.gemm = ExactGemm(taps.reshape(w.shape[0], -1), -input_max, input_max)
+        self.bias = np.asarray(b, dtype=np.int64)
 
-    def __call__(self, inputs: list[np.ndarray], matmul: MatMul) -> np.ndarray:
-        """inputs: the input at each of in_phases, each (C, h/2, w/2) -> (O, n) at out_phases, one
+    def __call__(self, inputs: list[np.ndarray], matmul: IntMatMul) -> np.ndarray:
+        """inputs: the input at each of in_phases, each (C, h/2, w/2) -> (n, O) at out_phases, one
         phase after the other, each in raster order."""
         c, h2, w2 = inputs[0].shape
         p = self.pad
-        xp = np.zeros((c, 2 * h2 + 2 * p, 2 * w2 + 2 * p), dtype=self.dtype)
+        offset = self.gemm.offset  # added here, once per input, instead of to the 12x larger patches
+        xp = np.full((2 * h2 + 2 * p, 2 * w2 + 2 * p, c), offset, dtype=self.gemm.dtype)
         for (r, q), x in zip(self.in_phases, inputs):
-            xp[:, p + r : p + r + 2 * h2 : 2, p + q : p + q + 2 * w2 : 2] = x
-        patches = np.empty((c, len(self.taps), len(self.out_phases), h2, w2), dtype=self.dtype)
-        for t, (dy, dx) in enumerate(self.taps):
-            for n, (r, q) in enumerate(self.out_phases):
+            xp[p + r : p + r + 2 * h2 : 2, p + q : p + q + 2 * w2 : 2] = x.transpose(1, 2, 0) + offset
+        patches = np.empty((len(self.out_phases), h2, w2, len(self.taps), c), dtype=self.gemm.dtype)
+        for n, (r, q) in enumerate(self.out_phases):
+            for t, (dy, dx) in enumerate(self.taps):
                 y0, x0 = p + r + dy, p + q + dx
-                patches[:, t, n] = xp[:, y0 : y0 + 2 * h2 : 2, x0 : x0 + 2 * w2 : 2]
-        return matmul(self.matrix, patches.reshape(c * len(self.taps), -1)) + self.bias
+                patches[n, :, :, t] = xp[y0 : y0 + 2 * h2 : 2, x0 : x0 + 2 * w2 : 2]
+        out = self.gemm(patches.reshape(len(self.out_phases) * h2 * w2, -1), matmul, offset_applied=True)
+        out += self.bias
+        return out
 
 
 class ScaleIndex:
@@ -300,11 +323,11 @@ class IntegerHyperSynthesis:
 
     Every step is on integers: `hyper` and `context` return int64 accumulators in units of
     2**-output_frac_bits, `tables` turns them into means and scale indices. `matmul` computes the
-    GEMMs (numpy's by default); any correct implementation gives the same integers, which is why
-    the runtime may hand them to onnxruntime's thread pool.
+    8-bit GEMMs (numpy's BLAS by default); any correct implementation gives the same integers,
+    which is why the runtime hands them to onnxruntime's MatMulInteger on its thread pool.
     """
 
-    def __init__(self, params: dict[str, np.ndarray], matmul: MatMul = np.matmul) -> None:
+    def __init__(self, params: dict[str, np.ndarray], matmul: IntMatMul = blas_int_matmul) -> None:
         self.matmul = matmul
         count = int(params["hs_layers"])
         self.layers = [
@@ -318,13 +341,13 @@ class IntegerHyperSynthesis:
         # the largest |z| the z tables can produce bounds the first layer's input
         z_lo = params["z_offsets"].astype(np.int64)
         z_hi = z_lo + params["z_lengths"].astype(np.int64) - 1
-        input_max = int(max(np.abs(z_lo).max(), np.abs(z_hi).max()))
+        low, high = self.z_range = int(z_lo.min()), int(z_hi.max())
         self._gemms = []
         for n, (kind, w, b, shift) in enumerate(self.layers):
             layer = _Layer(kind, w, b, shift, last=n == count - 1)
-            layer.choose_dtype(input_max)
+            layer.prepare(low, high)
             self._gemms.append(layer)
-            input_max = self.activation_max
+            low, high = 0, self.activation_max  # after ReLU and the clip
         self.has_context = "ctx_input_shift" in params
         if self.has_context:
             self.context_input_shift = int(params["ctx_input_shift"])
@@ -334,7 +357,7 @@ class IntegerHyperSynthesis:
                 ANCHOR_PHASES, OTHER_PHASES,
             )
             self._context_head = _Layer("conv", params["ctx1_w"], params["ctx1_b"], int(params["ctx1_shift"]), False)
-            self._context_head.choose_dtype(self.activation_max)
+            self._context_head.prepare(0, self.activation_max)
         self.has_channel_context = "cc_input_shift" in params
         if self.has_channel_context:
             self.channel_input_shift = int(params["cc_input_shift"])
@@ -350,21 +373,25 @@ class IntegerHyperSynthesis:
                 for anchors, net in ((True, "cca"), (False, "cco"))
             }
             for _, head in self._channel_nets.values():
-                head.choose_dtype(self.activation_max)
+                head.prepare(0, self.activation_max)
         self._fusion = None
         if "ctxf_w" in params:
             self.fusion_input_shift = int(params["ctxf_input_shift"])
             self.fusion_input_max = int(params["ctxf_input_max"])
             self.fusion_shift = int(params["ctxf_shift"])
             self._fusion = _Layer("conv", params["ctxf_w"], params["ctxf_b"], self.fusion_shift, True)
-            self._fusion.choose_dtype(self.fusion_input_max)
+            self._fusion.prepare(-self.fusion_input_max, self.fusion_input_max)
 
     @property
-    def dtypes(self) -> list[str]:
-        layers = self._gemms + ([self._context_conv, self._context_head] if self.has_context else [])
-        layers += [self._fusion] if self.has_context and self._fusion is not None else []
-        layers += [net for pair in self._channel_nets.values() for net in pair] if self.has_channel_context else []
-        return [layer.dtype.__name__ for layer in layers]
+    def products(self) -> list[int]:
+        """8-bit GEMMs per output phase of each layer (operand bytes): what the precision costs."""
+        gemms = [g for layer in self._gemms for g in layer.gemms[:1]]
+        if self.has_context:
+            gemms += [self._context_conv.gemm, self._context_head.gemms[0]]
+            gemms += [self._fusion.gemms[0]] if self._fusion is not None else []
+        if self.has_channel_context:
+            gemms += [g for conv, head in self._channel_nets.values() for g in (conv.gemm, head.gemms[0])]
+        return [g.products for g in gemms]
 
     def __call__(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """z: (Cz, h, w) integers -> the hyperprior's (mu, scale index), each (M, 4h, 4w)."""
@@ -393,10 +420,13 @@ class IntegerHyperSynthesis:
 
     def hyper(self, z: np.ndarray) -> np.ndarray:
         """z: (Cz, h, w) integers -> int64 accumulators (2M, 4h, 4w): scales, then means."""
-        x = z
+        z = np.asarray(z)
+        if z.size and (z.min() < self.z_range[0] or z.max() > self.z_range[1]):
+            raise ValueError("hyper-latent outside the range of the z tables")  # the GEMMs assume it
+        x = z.transpose(1, 2, 0)  # channels-last inside
         for layer in self._gemms[:-1]:
-            x = requantise_clip_(layer(x, self.matmul), layer.shift, 0, self.activation_max)  # ReLU, bound
-        return self._gemms[-1](x, self.matmul).astype(np.int64)
+            x = requantise_clip(layer(x, self.matmul), layer.shift, 0, self.activation_max)  # ReLU, bound
+        return np.ascontiguousarray(self._gemms[-1](x, self.matmul).transpose(2, 0, 1))
 
     def tables(self, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Accumulators -> (mu as exact dyadic float64, scale index int64)."""
@@ -420,18 +450,20 @@ class IntegerHyperSynthesis:
         if h % 2 or w % 2:
             raise ValueError("the checkerboard context needs an even latent height and width")
         anchors = self._decoded_values(acc, y_sym, m, ANCHOR_PHASES, self.context_input_shift, self.context_input_max)
-        hidden = self._context_conv(anchors, self.matmul)
-        if self._fusion is not None:  # the sum is exact in int64, not proven so in float32
-            hidden = hidden.astype(np.int64) + self._fused_hyperprior(acc)
-            hidden = np.clip(requantise_int(hidden, self._context_conv.shift), 0, self.activation_max)
-        else:
-            hidden = requantise_clip_(hidden, self._context_conv.shift, 0, self.activation_max)
-        head = self._context_head  # a 1x1 convolution: the n positions as an n x 1 image
-        correction = requantise_(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift).astype(np.int64)
+        hidden = self._context_conv(anchors, self.matmul)  # (n, hidden) at the non-anchors
+        if self._fusion is not None:
+            hidden += self._fused_hyperprior(acc)
+        hidden = requantise_clip(hidden, self._context_conv.shift, 0, self.activation_max)
+        correction = self._head(self._context_head, hidden)
         out = acc.copy()
-        for (r, q), part in zip(OTHER_PHASES, np.split(correction, 2, axis=1)):
-            out[:, r::2, q::2] += part.reshape(2 * m, h // 2, w // 2)
+        for (r, q), part in zip(OTHER_PHASES, np.split(correction, 2, axis=0)):
+            out[:, r::2, q::2] += part.T.reshape(2 * m, h // 2, w // 2)
         return out
+
+    def _head(self, head: _Layer, hidden: np.ndarray) -> np.ndarray:
+        """A 1x1 output layer on (n, C) hidden values (the n positions as an n x 1 image),
+        requantised to the accumulators' units: (n, O) int64."""
+        return requantise_int(head(hidden[:, None, :], self.matmul)[:, 0], head.shift)
 
     def channel_context(self, acc: np.ndarray, y_sym: np.ndarray, anchors: bool) -> np.ndarray:
         """Accumulators with the second half of the channels corrected from the first half: at the
@@ -445,14 +477,14 @@ class IntegerHyperSynthesis:
         half = m // 2
         conv, head = self._channel_nets[anchors]
         x = self._decoded_values(acc, y_sym, half, conv.in_phases, self.channel_input_shift, self.channel_input_max)
-        hidden = requantise_clip_(conv(x, self.matmul), conv.shift, 0, self.activation_max)
-        correction = requantise_(head(hidden[:, :, None], self.matmul)[:, :, 0], head.shift).astype(np.int64)
+        hidden = requantise_clip(conv(x, self.matmul), conv.shift, 0, self.activation_max)
+        correction = self._head(head, hidden)  # (n, M): scales, then means of the second half
         out = acc.copy()
-        scale_part, mean_part = np.split(correction, 2, axis=0)
+        count = (h // 2) * (w // 2)
         for n, (r, q) in enumerate(conv.out_phases):
-            cols = slice(n * (h // 2) * (w // 2), (n + 1) * (h // 2) * (w // 2))
-            out[half:m, r::2, q::2] += scale_part[:, cols].reshape(half, h // 2, w // 2)
-            out[m + half :, r::2, q::2] += mean_part[:, cols].reshape(half, h // 2, w // 2)
+            rows = correction[n * count : (n + 1) * count]
+            out[half:m, r::2, q::2] += rows[:, :half].T.reshape(half, h // 2, w // 2)
+            out[m + half :, r::2, q::2] += rows[:, half:].T.reshape(half, h // 2, w // 2)
         return out
 
     def _decoded_values(
@@ -472,8 +504,7 @@ class IntegerHyperSynthesis:
 
     def _fused_hyperprior(self, acc: np.ndarray) -> np.ndarray:
         """S and U at the non-anchors (in the context's order), requantised and clipped, through a
-        1x1 convolution into the units of the context's layer-0 accumulator."""
-        x = np.concatenate([acc[:, r::2, q::2].reshape(len(acc), -1) for r, q in OTHER_PHASES], axis=1)
+        1x1 convolution into the units of the context's layer-0 accumulator: (n, hidden)."""
+        x = np.concatenate([acc[:, r::2, q::2].reshape(len(acc), -1).T for r, q in OTHER_PHASES], axis=0)
         x = np.clip(requantise_int(x, self.fusion_input_shift), -self.fusion_input_max, self.fusion_input_max)
-        out = self._fusion(x[:, :, None], self.matmul)[:, :, 0].astype(np.int64)
-        return requantise_int(out, self.fusion_shift)
+        return requantise_int(self._fusion(x[:, None, :], self.matmul)[:, 0], self.fusion_shift)

@@ -15,17 +15,19 @@ from pathlib import Path
 import numpy as np
 
 from pillow_dcv import codec
-from pillow_dcv.prior import FLOAT32_EXACT, IntegerHyperSynthesis
+from pillow_dcv.prior import ExactGemm, IntegerHyperSynthesis
 
 
 def magnitude_bits(w: np.ndarray) -> int:
     return math.ceil(math.log2(int(np.abs(w.astype(np.int64)).max()) + 1))
 
 
-def describe(name: str, w: np.ndarray, row_l1: np.ndarray, dtype: type, extra: str = "") -> None:
+def describe(name: str, w: np.ndarray, gemms: list[ExactGemm], extra: str = "") -> None:
+    row_l1 = max(int(g.row_l1.max()) for g in gemms)
     print(
         f"{name:6s} {tuple(w.shape)!s:20s} bits {magnitude_bits(w):2d}  max|W| {int(np.abs(w).max()):6d}  "
-        f"max Sum|W| {int(np.max(row_l1)):8,d}  {dtype.__name__}{extra}"
+        f"max Sum|W| {row_l1:9,d}  8-bit GEMMs {gemms[0].products} "
+        f"({gemms[0].input_bytes} input x {gemms[0].weight_parts} weight bytes){extra}"
     )
 
 
@@ -34,30 +36,26 @@ def main() -> None:
     folder = Path(codec.__file__).parent / "models" / model_id
     params = dict(np.load(folder / "prior.npz"))
     prior = IntegerHyperSynthesis(params)
-    print(f"{model_id}: hs_activation_max {prior.activation_max}, hs_out_frac_bits {prior.output_frac_bits}")
+    print(f"{model_id}: hs_activation_max {prior.activation_max}, hs_out_frac_bits {prior.output_frac_bits}, "
+          f"z range {prior.z_range}")
     for i, layer in enumerate(prior._gemms):
-        extra = f"  shift {layer.shift}"
-        if layer.float32_rows is not None:
-            extra += f"  ({len(layer.float32_rows)} of {layer.out_channels} rows in float32)"
-        describe(f"hs{i}", params[f"hs{i}_w"], layer.rows_l1, layer.dtype, f" {layer.kind}{extra}")
-    for key in ("ctx_input_shift", "ctxf_input_shift", "ctxf_shift", "cc_input_shift"):
+        describe(f"hs{i}", params[f"hs{i}_w"], layer.gemms, f"  {layer.kind}  shift {layer.shift}")
+    for key in ("ctx_input_shift", "ctx_input_max", "ctxf_input_shift", "ctxf_input_max", "ctxf_shift",
+                "cc_input_shift", "cc_input_max"):
         if key in params:
             print(f"{key} {int(params[key])}")
     if prior.has_context:
         conv = prior._context_conv
-        describe("ctx0", params["ctx0_w"], np.abs(conv.matrix.astype(np.int64)).sum(1), conv.dtype,
-                 f"  {len(conv.taps)} taps  shift {conv.shift}")
+        describe("ctx0", params["ctx0_w"], [conv.gemm], f"  {len(conv.taps)} taps  shift {conv.shift}")
         head = prior._context_head
-        describe("ctx1", params["ctx1_w"], head.rows_l1, head.dtype, f"  shift {head.shift}")
+        describe("ctx1", params["ctx1_w"], head.gemms, f"  shift {head.shift}")
     if prior._fusion is not None:
-        describe("ctxf", params["ctxf_w"], prior._fusion.rows_l1, prior._fusion.dtype)
+        describe("ctxf", params["ctxf_w"], prior._fusion.gemms)
     if prior.has_channel_context:
         for anchors, (conv, head) in prior._channel_nets.items():
             net = "cca" if anchors else "cco"
-            describe(f"{net}0", params[f"{net}0_w"], np.abs(conv.matrix.astype(np.int64)).sum(1), conv.dtype,
-                     f"  {len(conv.taps)} taps  shift {conv.shift}")
-            describe(f"{net}1", params[f"{net}1_w"], head.rows_l1, head.dtype, f"  shift {head.shift}")
-    print(f"float32 bound 2^24 = {FLOAT32_EXACT:,d}")
+            describe(f"{net}0", params[f"{net}0_w"], [conv.gemm], f"  {len(conv.taps)} taps  shift {conv.shift}")
+            describe(f"{net}1", params[f"{net}1_w"], head.gemms, f"  shift {head.shift}")
 
 
 if __name__ == "__main__":

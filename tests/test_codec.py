@@ -296,69 +296,58 @@ def test_integer_prior_does_not_depend_on_summation_order(photo) -> None:
     assert np.array_equal(mu, mu_p) and np.array_equal(index, index_p)
 
 
-def test_integer_prior_float32_and_float64_agree(photo, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Layers proven exact in float32 give what float64 (exact for any model) gives."""
-    from pillow_dcv import prior as prior_module
-    from pillow_dcv.prior import IntegerHyperSynthesis
+@pytest.mark.parametrize(("weight_bits", "low", "high"), [(8, 0, 255), (8, -1023, 1023), (13, 0, 1023), (16, -70, 300)])
+def test_exact_gemm_equals_int64_products(weight_bits: int, low: int, high: int) -> None:
+    """Operands cut into bytes, 8-bit GEMMs with 32-bit sums, recombined: the int64 product, with
+    the extremes of both ranges included (the worst case of every partial sum)."""
+    from pillow_dcv.prior import ExactGemm, blas_int_matmul
 
-    params = model_prior_params()  # narrowed weights, so that every layer qualifies for float32
-    params["hs_activation_max"] = np.array(1023)
-    narrowed = [(f"hs{i}", 127) for i in range(int(params["hs_layers"]))]
-    if "ctx0_w" in params:
-        narrowed += [("ctx0", 7), ("ctx1", 127)] + ([("ctxf", 127)] if "ctxf_w" in params else [])
-        if "cc_input_shift" not in params:
-            params = with_channel_context(params)
-        narrowed += [("cca0", 7), ("cca1", 127), ("cco0", 7), ("cco1", 127)]
-    for name, largest in narrowed:
-        w = params[f"{name}_w"].astype(np.float64)
-        params[f"{name}_w"] = np.round(w * largest / np.abs(w).max()).astype(np.int16)
-        params[f"{name}_b"] = params[f"{name}_b"] // 2**10
-    narrow = IntegerHyperSynthesis(params)
-    assert narrow.dtypes == ["float32"] * len(narrowed)
-    monkeypatch.setattr(prior_module, "FLOAT32_EXACT", 0)  # no layer qualifies: all float64
-    wide = IntegerHyperSynthesis(params)
-    assert wide.dtypes == ["float64"] * len(narrowed)
-    rng = np.random.default_rng(2)
-    _, z_real = real_latents(np.asarray(photo), 2)
-    for z in (z_real, rng.integers(-500, 500, (128, 4, 6))):
-        acc, acc64 = narrow.hyper(z), wide.hyper(z)
-        assert np.array_equal(acc, acc64)
-        assert np.array_equal(np.split(acc, 2)[1], reference_prior(narrow, z)[0])
-        if not narrow.has_context:
-            continue
-        y_sym = rng.integers(-20, 20, (acc.shape[0] // 2, *acc.shape[1:]))
-        corrected = narrow.context(acc, y_sym)
-        assert np.array_equal(corrected, wide.context(acc, y_sym))
-        assert np.array_equal(corrected, reference_context(params, narrow, acc, y_sym))
-        for anchors in (True, False):
-            corrected = narrow.channel_context(acc, y_sym, anchors)
-            assert np.array_equal(corrected, wide.channel_context(acc, y_sym, anchors))
-            assert np.array_equal(corrected, reference_channel_context(params, narrow, acc, y_sym, anchors))
+    rng = np.random.default_rng(weight_bits)
+    top = 2 ** (weight_bits - 1)
+    w = rng.integers(-top, top, (24, 300))
+    w[0], w[1] = -top, top - 1
+    x = rng.integers(low, high + 1, (50, 300))
+    x[0], x[1] = low, high
+    gemm = ExactGemm(w, low, high)
+    expected = x.astype(np.int64) @ w.T
+    assert np.array_equal(gemm(x, blas_int_matmul), expected)
+    assert np.array_equal(gemm(x, get_model()._matmul), expected)  # onnxruntime's MatMulInteger
+    weight_parts = 1 if weight_bits <= 8 else 2 if weight_bits <= 15 else 3  # a signed top byte, 7-bit parts below
+    assert gemm.products == ((high - min(low, 0)).bit_length() + 7) // 8 * weight_parts
 
 
-def test_layer_split_into_float32_and_float64_rows_is_exact(photo, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A layer whose bound proves only some of its rows exact in float32 runs those rows in float32
-    and the rest in float64: the integers are those of an all-float64 run."""
-    from pillow_dcv import prior as prior_module
+def test_integer_prior_with_wide_weights_equals_the_reference(photo) -> None:
+    """Weights and biases at up to 15 bits in every layer (two weight parts per GEMM): hyper, context
+    and channel context still give the integers of the plain int64 references."""
     from pillow_dcv.prior import IntegerHyperSynthesis
 
     params = model_prior_params()
-    last = int(params["hs_layers"]) - 1
-    w = params[f"hs{last}_w"].astype(np.int64)
-    half = len(w) // 2  # half of the rows made small enough for float32, half left as they are
-    w[:half] = np.round(w[:half] * 127 / max(np.abs(w[:half]).max(), 1))
-    w[half] = np.sign(w[half]) * 2**14  # at least one row that float32 cannot sum exactly
-    params[f"hs{last}_w"] = w.astype(np.int16)
-    split = IntegerHyperSynthesis(params)
-    layer = split._gemms[-1]
-    assert layer.float32_rows is not None and 0 < len(layer.float32_rows) < len(w)
-    assert layer.dtype == np.float64
-    monkeypatch.setattr(prior_module, "FLOAT32_EXACT", 0)  # every layer in float64
+    names = [f"hs{i}" for i in range(int(params["hs_layers"]))]
+    if "ctx0_w" in params:
+        names += ["ctx0", "ctx1"] + (["ctxf"] if "ctxf_w" in params else [])
+        if "cc_input_shift" not in params:
+            params = with_channel_context(params)
+        names += ["cca0", "cca1", "cco0", "cco1"]
+    for name in names:
+        w = params[f"{name}_w"].astype(np.float64)
+        params[f"{name}_w"] = np.round(w * 16383 / np.abs(w).max()).astype(np.int16)
     wide = IntegerHyperSynthesis(params)
-    assert wide._gemms[-1].float32_rows is None
-    _, z_real = real_latents(np.asarray(photo), 8)
-    for z in (z_real, np.random.default_rng(3).integers(-500, 500, (128, 4, 6))):
-        assert np.array_equal(split.hyper(z), wide.hyper(z))
+    assert max(wide.products) >= 4 and min(wide.products) >= 2  # every weight in two parts
+    rng = np.random.default_rng(2)
+    _, z_real = real_latents(np.asarray(photo), 2)
+    low, high = wide.z_range
+    with pytest.raises(ValueError, match="range of the z tables"):
+        wide.hyper(np.full((128, 1, 1), high + 1))
+    for z in (z_real, rng.integers(low, high + 1, (128, 4, 6))):
+        acc = wide.hyper(z)
+        assert np.array_equal(np.split(acc, 2)[1], reference_prior(wide, z)[0])
+        if not wide.has_context:
+            continue
+        y_sym = rng.integers(-20, 20, (acc.shape[0] // 2, *acc.shape[1:]))
+        assert np.array_equal(wide.context(acc, y_sym), reference_context(params, wide, acc, y_sym))
+        for anchors in (True, False):
+            corrected = wide.channel_context(acc, y_sym, anchors)
+            assert np.array_equal(corrected, reference_channel_context(params, wide, acc, y_sym, anchors))
 
 
 @pytest.mark.parametrize(
@@ -381,14 +370,14 @@ def test_decoding_is_exact_under_other_float_paths(photo, session_args: dict) ->
 def test_integer_prior_is_exact_under_other_gemms(photo, session_args: dict | None) -> None:
     """The prior's GEMMs run on onnxruntime; other thread counts, optimisation levels or numpy's BLAS
     (None) must give the same integers."""
-    from pillow_dcv.prior import IntegerHyperSynthesis
+    from pillow_dcv.prior import IntegerHyperSynthesis, blas_int_matmul
 
     model = get_model()
 
     def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return model.session(f"matmul_{a.dtype.name}", **session_args).run(None, {"a": a, "b": b})[0]
+        return model.session("matmul_integer", **session_args).run(None, {"a": a, "b": b})[0]
 
-    other = IntegerHyperSynthesis(model_prior_params(), matmul=matmul if session_args else np.matmul)
+    other = IntegerHyperSynthesis(model_prior_params(), matmul=matmul if session_args else blas_int_matmul)
     for quality in (1, 8):
         y, z = real_latents(np.asarray(photo), quality)
         acc = model.prior.hyper(z)

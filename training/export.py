@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,9 @@ sys.path.insert(0, str(ROOT / "training"))
 sys.path.insert(0, str(ROOT))
 from model import SCALE_MIN, DCVModel, anchor_mask  # noqa: E402
 
-WEIGHT_BITS = 15  # at most; fewer where needed for exact float32 GEMMs (quantise_hyper_synthesis)
+# Weights carry a sign and WEIGHT_BITS magnitude bits: the runtime's exact integer GEMMs cut them into a
+# signed top byte and one 7-bit part (pillow_dcv.prior.ExactGemm), so 14 bits cost what 8 do.
+WEIGHT_BITS = 14
 ACTIVATION_BITS = 9  # calibrated maximum maps to 2**9 ...
 ACTIVATION_MAX = 2**10 - 1  # ... and the runtime clips at twice that (0.1 % larger files than 15 bits)
 # The context model's input (the decoded anchors) precision: more input bits leave fewer weight bits
@@ -43,12 +44,6 @@ CONTEXT_INPUT_BITS = (8, 9, 10)
 CONTEXT_HIDDEN_BITS = 11
 SCALE_TABLE = np.exp(np.linspace(math.log(SCALE_MIN), math.log(256.0), 64))
 TABLE_PRECISION = 2**20
-# Layers given WIDE_BITS-bit weights and float64 GEMMs instead of the most bits float32 allows. The
-# last hyper-synthesis layer (1x1, 288 inputs) gets only 8 bits in float32, which cost the step-62,927
-# model +1.07 % estimated bits against the float prior; 13 bits in float64: +0.43 %, for ~30 % more
-# prior work. Every other layer is within 0.1 % of 12-bit weights (training/LOG.md, session 6).
-WIDE_LAYERS = ("h_s layer 2",)
-WIDE_BITS = 13
 Z_SEARCH = 512  # hyper-latent support searched for the factorized tables
 CALIBRATION_DIR = ROOT.parent / "shared/data/train/debian_wallpapers"  # the first 4 photos, every quality
 
@@ -122,19 +117,18 @@ def store_weights_fp16(path: Path) -> None:
 
 
 def write_matmul_graphs(folder: Path = ROOT / "pillow_dcv" / "gemm") -> None:
-    """The runtime's one-node MatMul graphs (float32 and float64) for the integer prior's GEMMs."""
+    """The runtime's one-node MatMulInteger graph (uint8 x int8 -> int32) for the integer prior."""
     import onnx
     from onnx import TensorProto, helper
 
     folder.mkdir(exist_ok=True)
-    for name, dtype in (("float32", TensorProto.FLOAT), ("float64", TensorProto.DOUBLE)):
-        a = helper.make_tensor_value_info("a", dtype, ["m", "k"])
-        b = helper.make_tensor_value_info("b", dtype, ["k", "n"])
-        c = helper.make_tensor_value_info("c", dtype, ["m", "n"])
-        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", [a, b], [c])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-        onnx.checker.check_model(model)
-        onnx.save(model, str(folder / f"matmul_{name}.onnx"))
+    a = helper.make_tensor_value_info("a", TensorProto.UINT8, ["n", "k"])
+    b = helper.make_tensor_value_info("b", TensorProto.INT8, ["k", "o"])
+    c = helper.make_tensor_value_info("c", TensorProto.INT32, ["n", "o"])
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "matmul", [a, b], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(folder / "matmul_integer.onnx"))
 
 
 def fixed_point(x: np.ndarray, frac: int) -> np.ndarray:
@@ -142,21 +136,11 @@ def fixed_point(x: np.ndarray, frac: int) -> np.ndarray:
     return np.round(x * 2.0**frac).astype(np.int64)
 
 
-def hyper_layer(kind, b, frac_in, frac_out, last, input_max, wq, frac_w):
-    """A quantised hyper-synthesis layer as the runtime builds it (its dtype is what matters here)."""
-    from pillow_dcv.prior import _Layer
-
-    gemm = _Layer(kind, wq, fixed_point(b, frac_in + frac_w), 0 if last else frac_in + frac_w - frac_out, last)
-    gemm.choose_dtype(input_max)
-    return gemm
-
-
 def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor]) -> dict[str, np.ndarray]:
     """Integer weights and activations, power-of-two fixed point, activation ranges from calibration.
 
-    Each layer gets the most weight bits (up to 15) for which the runtime can prove its float32 GEMMs
-    exact (quantise_weights); activations carry ACTIVATION_BITS bits at the calibrated maximum and
-    are clipped at ACTIVATION_MAX.
+    Weights carry WEIGHT_BITS bits (quantise_weights); activations carry ACTIVATION_BITS bits at the
+    calibrated maximum and are clipped at ACTIVATION_MAX.
     """
     layers = [m for m in model.h_s if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     # Per-layer activation maxima after ReLU on calibration data.
@@ -169,15 +153,13 @@ def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor])
                 maxima[i] = max(maxima[i], float(x.max()))
     params: dict[str, np.ndarray] = {"hs_layers": np.array(len(layers)), "hs_activation_max": np.array(ACTIVATION_MAX)}
     frac_in = 0  # z is an integer
-    input_max = Z_SEARCH
     for i, layer in enumerate(layers):
         kind = "deconv" if isinstance(layer, nn.ConvTranspose2d) else "conv"
         last = i == len(layers) - 1
         w = layer.weight.detach().double().numpy()
         b = layer.bias.detach().double().numpy()
         frac_out = frac_in if last else int(math.floor(math.log2(2**ACTIVATION_BITS / max(maxima[i], 1e-6))))
-        build = partial(hyper_layer, kind, b, frac_in, frac_out, last, input_max)
-        wq, frac_w = quantise_weights(w, build, f"h_s layer {i}")
+        wq, frac_w = quantise_weights(w, f"h_s layer {i}")
         acc_frac = frac_in + frac_w
         shift = 0 if last else acc_frac - frac_out
         bq = fixed_point(b, acc_frac)
@@ -186,30 +168,16 @@ def quantise_hyper_synthesis(model: DCVModel, calibration_z: list[torch.Tensor])
         params[f"hs{i}_b"] = bq
         params[f"hs{i}_shift"] = np.array(shift)
         frac_in = acc_frac if last else frac_out
-        input_max = ACTIVATION_MAX
     params["hs_out_frac_bits"] = np.array(frac_in)
     midpoints = np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:])
     params["scale_thresholds"] = np.ceil(midpoints * 2.0**frac_in).astype(np.int64)
     return params
 
 
-def quantise_weights(w: np.ndarray, build, name: str) -> tuple[np.ndarray, int]:
-    """The most weight bits (up to WEIGHT_BITS) for which ``build(wq, frac_w)`` proves float32 GEMMs
-    exact; float64 (still exact, half as fast) when none does, and WIDE_BITS in float64 for the
-    WIDE_LAYERS. Returns (weights, frac_w)."""
-    if name in WIDE_LAYERS:
-        frac_w = int(math.floor(math.log2((2**WIDE_BITS - 1) / max(np.abs(w).max(), 1e-12))))
-        wq = np.round(w * 2.0**frac_w).astype(np.int16)
-        print(f"{name}: {WIDE_BITS}-bit weights, {build(wq, frac_w).dtype.__name__} GEMMs")
-        return wq, frac_w
-    for bits in range(WEIGHT_BITS, 4, -1):
-        frac_w = int(math.floor(math.log2((2**bits - 1) / max(np.abs(w).max(), 1e-12))))
-        wq = np.round(w * 2.0**frac_w).astype(np.int16)
-        if build(wq, frac_w).dtype == np.float32:
-            print(f"{name}: {bits}-bit weights, float32 GEMMs")
-            return wq, frac_w
+def quantise_weights(w: np.ndarray, name: str) -> tuple[np.ndarray, int]:
+    """WEIGHT_BITS-bit weights (plus sign) in power-of-two fixed point: (weights, frac_w)."""
     frac_w = int(math.floor(math.log2((2**WEIGHT_BITS - 1) / max(np.abs(w).max(), 1e-12))))
-    print(f"{name}: {WEIGHT_BITS}-bit weights, float64 GEMMs")
+    print(f"{name}: {WEIGHT_BITS}-bit weights, 2**-{frac_w}")
     return np.round(w * 2.0**frac_w).astype(np.int16), frac_w
 
 
@@ -224,7 +192,7 @@ def quantise_context(
     hyper-synthesis' output units, to which it is added. With fusion, the hyperprior's S and U enter
     with the same input precision, and their 1x1 convolution is shifted into layer 0's units.
     """
-    from pillow_dcv.prior import ANCHOR_PHASES, OTHER_PHASES, _PhaseConv, checkerboard_taps
+    from pillow_dcv.prior import checkerboard_taps
 
     conv0, head = model.context_prediction[0], model.context_prediction[2]
     k = conv0.kernel_size[0]
@@ -248,17 +216,10 @@ def quantise_context(
     input_max = 2 ** (input_bits + 1) - 1
     frac_hidden = int(math.floor(math.log2(2**CONTEXT_HIDDEN_BITS / hidden_max)))
     b0 = conv0.bias.detach().double().numpy()
-
-    def build0(wq, frac_w):
-        bias, shift = fixed_point(b0, frac_in + frac_w), frac_in + frac_w - frac_hidden
-        return _PhaseConv(wq, bias, shift, input_max, ANCHOR_PHASES, OTHER_PHASES)
-
-    w0q, frac_w0 = quantise_weights(w0, build0, "context layer 0")
+    w0q, frac_w0 = quantise_weights(w0, "context layer 0")
     w1 = head.weight.detach().double().numpy()
     b1 = head.bias.detach().double().numpy()
-
-    build1 = partial(hyper_layer, "conv", b1, frac_hidden, out_frac, False, ACTIVATION_MAX)
-    w1q, frac_w1 = quantise_weights(w1, build1, "context layer 1")
+    w1q, frac_w1 = quantise_weights(w1, "context layer 1")
     print(f"context: input {frac_in} fractional bits (max |y_hat| {y_max:.1f}), hidden {frac_hidden}")
     params = quantise_fusion(fusion, out_frac, input_bits, hyper_max, frac_in + frac_w0) if fusion else {}
     return params | {
@@ -279,7 +240,6 @@ def quantise_channel_context(
     """The two-slice channel context on integers (IntegerHyperSynthesis.channel_context): the first
     half's decoded values as input (one precision for both networks, like the context's), hidden
     layers calibrated with CONTEXT_HIDDEN_BITS, heads shifted to the units of S and U."""
-    from pillow_dcv.prior import ALL_PHASES, ANCHOR_PHASES, OTHER_PHASES, _PhaseConv
 
     half = model.m // 2
     nets = {"cca": model.channel_context_anchor, "cco": model.channel_context_other}
@@ -297,7 +257,7 @@ def quantise_channel_context(
     frac_in = min(out_frac, int(math.floor(math.log2(2**input_bits / y_max))))
     input_max = 2 ** (input_bits + 1) - 1
     params = {"cc_input_shift": np.array(out_frac - frac_in), "cc_input_max": np.array(input_max)}
-    for name, phases in (("cca", (ANCHOR_PHASES, ANCHOR_PHASES)), ("cco", (ALL_PHASES, OTHER_PHASES))):
+    for name in ("cca", "cco"):
         conv0, head = nets[name][0], nets[name][2]
         w0 = conv0.weight.detach().double().numpy().copy()
         if name == "cca":  # from an anchor, only the taps with dy + dx even reach anchors
@@ -306,16 +266,10 @@ def quantise_channel_context(
             w0[:, :, odd] = 0.0
         b0 = conv0.bias.detach().double().numpy()
         frac_hidden = int(math.floor(math.log2(2**CONTEXT_HIDDEN_BITS / hidden_max[name])))
-
-        def build0(wq, frac_w, b0=b0, frac_hidden=frac_hidden, phases=phases):
-            bias, shift = fixed_point(b0, frac_in + frac_w), frac_in + frac_w - frac_hidden
-            return _PhaseConv(wq, bias, shift, input_max, *phases)
-
-        w0q, frac_w0 = quantise_weights(w0, build0, f"channel context {name} layer 0")
+        w0q, frac_w0 = quantise_weights(w0, f"channel context {name} layer 0")
         b1 = head.bias.detach().double().numpy()
-        build1 = partial(hyper_layer, "conv", b1, frac_hidden, out_frac, False, ACTIVATION_MAX)
         w1 = head.weight.detach().double().numpy()
-        w1q, frac_w1 = quantise_weights(w1, build1, f"channel context {name} layer 1")
+        w1q, frac_w1 = quantise_weights(w1, f"channel context {name} layer 1")
         params.update({
             f"{name}0_w": w0q,
             f"{name}0_b": fixed_point(b0, frac_in + frac_w0),
@@ -337,8 +291,7 @@ def quantise_fusion(
     input_max = 2 ** (input_bits + 1) - 1
     w = fusion.weight.detach().double().numpy()
     b = fusion.bias.detach().double().numpy()
-    build = partial(hyper_layer, "conv", b, frac_in, 0, True, input_max)
-    wq, frac_w = quantise_weights(w, build, "context fusion")
+    wq, frac_w = quantise_weights(w, "context fusion")
     print(f"context fusion: input {frac_in} fractional bits (max |S|, |U| {hyper_max:.1f})")
     return {
         "ctxf_input_shift": np.array(out_frac - frac_in),

@@ -1,0 +1,41 @@
+"""What the integer prior's precision costs once its GEMMs are exact integer GEMMs (session 11).
+
+With float32 GEMMs, weight bits were bounded by exactness (7-8 bits in the context's 5x5 layer);
+pillow_dcv.prior.ExactGemm computes any width exactly, at one 8-bit GEMM per operand byte. Per
+setting, estimated bits of the integer prior against the float model, per quality
+(experiments/prior_cost.py's table), for one checkpoint:
+
+    python training/experiments/integer_precision.py training/weights/dcv-ms2-s10.pt
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import export  # noqa: E402
+from prior_cost import build, costs, make_prior  # noqa: E402
+
+SETTINGS = {  # export constants per setting
+    "7-bit weights, 10-bit activations": dict(WEIGHT_BITS=7),
+    "14-bit weights, 10-bit activations": dict(WEIGHT_BITS=14),
+    "14-bit weights, 15-bit activations": dict(
+        WEIGHT_BITS=14, ACTIVATION_BITS=14, ACTIVATION_MAX=2**15 - 1, CONTEXT_HIDDEN_BITS=16,
+        CONTEXT_INPUT_BITS=(9, 11, 13),
+    ),
+}
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    model, pairs = build(sys.argv[1])
+    for name, constants in SETTINGS.items():
+        for key, value in constants.items():
+            setattr(export, key, value)
+        print(f"== {name}", flush=True)
+        prior = make_prior(model, pairs)
+        print(f"8-bit GEMMs per layer: {prior.products}")
+        costs(model, prior, pairs)
