@@ -259,7 +259,7 @@ def test_channel_context_round_trip(photo, monkeypatch: pytest.MonkeyPatch) -> N
     assert abs(psnr(decoded, pixels) - psnr(reference, pixels)) < 0.2
 
 
-@pytest.mark.parametrize("thresholds", ["model", "dense", "wide"])
+@pytest.mark.parametrize("thresholds", ["model", "dense", "wide", "beyond float32"])
 def test_scale_index_equals_searchsorted(thresholds: str) -> None:
     """The keyed lookup gives searchsorted's index for every accumulator: each threshold and its
     neighbours, the int64 extremes and random values (the dense set falls back to searchsorted)."""
@@ -267,6 +267,8 @@ def test_scale_index_equals_searchsorted(thresholds: str) -> None:
         "model": get_model().prior.scale_thresholds,
         "dense": np.arange(2**22, 2**22 + 100, dtype=np.int64),  # keys this fine need 22 mantissa bits ...
         "wide": np.unique(np.geomspace(3, 2**23, 40).astype(np.int64)),
+        # 2**-21 units (14-bit activations): above 2**24, float32 keys round, the comparison is exact
+        "beyond float32": np.ceil(np.geomspace(0.11, 256, 63) * 2**21).astype(np.int64) + np.arange(63) % 2,
     }[thresholds]
     lookup = ScaleIndex(t)
     assert (lookup.below is None) == (thresholds == "dense")  # ... with 15 mantissa bits or fewer

@@ -30,18 +30,18 @@ from model import SCALE_MIN, DCVModel, anchor_mask  # noqa: E402
 # Weights carry a sign and WEIGHT_BITS magnitude bits: the runtime's exact integer GEMMs cut them into a
 # signed top byte and one 7-bit part (pillow_dcv.prior.ExactGemm), so 14 bits cost what 8 do.
 WEIGHT_BITS = 14
-ACTIVATION_BITS = 9  # calibrated maximum maps to 2**9 ...
-ACTIVATION_MAX = 2**10 - 1  # ... and the runtime clips at twice that (0.1 % larger files than 15 bits)
-# The context model's input (the decoded anchors) precision: more input bits leave fewer weight bits
-# for exact float32 GEMMs (10 input bits: 6-bit weights). The best trade moves as the model trains
-# (estimated bits against the float model, dcv-ms2-s05: 8 bits +0.47 %, 10 +0.28 %, 11 +0.61 %;
-# dcv-ms2-s06: 8 +0.79 %, 9 +0.69 %, 10 +0.93 %, 11 +1.42 %), so export measures these and keeps the best.
-CONTEXT_INPUT_BITS = (8, 9, 10)
-# The context networks' hidden layers map their calibrated maximum to 2**11 and clip at ACTIVATION_MAX,
+# Activations carry ACTIVATION_BITS bits at the calibrated maximum and are clipped at twice that: two
+# bytes in the integer GEMMs, as 10 bits were (session 11: the integer prior then costs +0.10 % estimated
+# bits against the float model instead of +0.30 % with 10-bit activations, training/LOG.md).
+ACTIVATION_BITS = 14
+ACTIVATION_MAX = 2**15 - 1
+# The context models' input (the decoded anchors) precision, measured by export on the calibration
+# photos (session 11, 14-bit weights and activations: 9 bits +0.60 %, 11 +0.11 %, 13 +0.10 %).
+CONTEXT_INPUT_BITS = (11, 12, 13)
+# The context networks' hidden layers map their calibrated maximum to 2**16 and clip at ACTIVATION_MAX,
 # i.e. at half that maximum: the finer steps matter more than the rare largest values (session 8,
-# dcv-ms2-s09, estimated bits of the integer prior against the float model at q1 / q4 / q8: 9 bits
-# +4.64 / +1.18 / +0.69 %, 10 bits +2.81 / +0.92 / +0.46 %, 11 bits +2.30 / +0.74 / +0.45 %).
-CONTEXT_HIDDEN_BITS = 11
+# dcv-ms2-s09, at 9 / 10 / 11 bits with 10-bit activations: +4.64 / +2.81 / +2.30 % at q1).
+CONTEXT_HIDDEN_BITS = 16
 SCALE_TABLE = np.exp(np.linspace(math.log(SCALE_MIN), math.log(256.0), 64))
 TABLE_PRECISION = 2**20
 Z_SEARCH = 512  # hyper-latent support searched for the factorized tables
