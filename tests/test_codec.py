@@ -242,7 +242,9 @@ def test_channel_context_round_trip(photo, monkeypatch: pytest.MonkeyPatch) -> N
     data, info = encode(pixels, 5)
     reference = codec.decode(io.BytesIO(data), info)
     # Random channel-context networks that change only scales, and only upwards: the symbols are
-    # quantised around the same means (same picture) but coded with other tables, in four stages.
+    # quantised around the same means but coded with other tables, in four stages. Wider tables clamp
+    # fewer symbols (without its channel context the model's slice-2 scales are too small), so the
+    # picture may only get better.
     params = with_channel_context(model_prior_params())
     half = len(params["cca1_w"]) // 2
     for net in ("cca", "cco"):
@@ -256,7 +258,7 @@ def test_channel_context_round_trip(photo, monkeypatch: pytest.MonkeyPatch) -> N
     data_cc, info_cc = encode(pixels, 5)
     assert data_cc != data
     decoded = codec.decode(io.BytesIO(data_cc), info_cc)
-    assert abs(psnr(decoded, pixels) - psnr(reference, pixels)) < 0.2
+    assert psnr(decoded, pixels) > psnr(reference, pixels) - 0.05
 
 
 @pytest.mark.parametrize("thresholds", ["model", "dense", "wide", "beyond float32"])
