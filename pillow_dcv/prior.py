@@ -56,8 +56,9 @@ class ExactGemm:
         self.matrix = np.ascontiguousarray(np.concatenate(parts, axis=0).T.astype(np.int8))  # (K, parts * O)
         self.offset_share = self.offset * w.sum(axis=1)
         self.row_l1 = np.abs(w).sum(axis=1)  # with the largest |input|, the bound on |accumulator|
-        # patch matrices in the narrowest type that holds an offset input (bytes are read from it)
-        self.dtype = np.int16 if int(high) + self.offset < 2**15 else np.int32
+        # patch matrices in the narrowest type that holds an offset input; little-endian, since its
+        # bytes are read in that order
+        self.dtype = np.dtype("<i2" if int(high) + self.offset < 2**15 else "<i4")
 
     @property
     def products(self) -> int:
