@@ -43,7 +43,6 @@ class ExactGemm:
         w = np.asarray(weights, dtype=np.int64)
         if w.shape[1] * 255 * 128 >= INT32_SUM_LIMIT:
             raise ValueError("integer prior: too many inputs per output for 32-bit sums")
-        self.out_channels = w.shape[0]
         self.offset = max(0, -int(low))
         self.input_bytes = max(1, (int(high) + self.offset).bit_length() + 7) // 8
         parts = []  # least significant first
@@ -110,8 +109,8 @@ class _Layer:
     split into its four output phases (polyphase): each is an ordinary convolution of the input,
     so no output is scattered."""
 
-    def __init__(self, kind: str, w: np.ndarray, b: np.ndarray, shift: int, last: bool) -> None:
-        self.kind, self.shift, self.last = kind, shift, last
+    def __init__(self, kind: str, w: np.ndarray, b: np.ndarray, shift: int) -> None:
+        self.kind, self.shift = kind, shift
         self.bias = np.asarray(b, dtype=np.int64)
         k = w.shape[-1]
         self.phases = []  # (input offsets (dy, dx), (O, taps * C) weights with channels innermost)
@@ -344,8 +343,8 @@ class IntegerHyperSynthesis:
         z_hi = z_lo + params["z_lengths"].astype(np.int64) - 1
         low, high = self.z_range = int(z_lo.min()), int(z_hi.max())
         self._gemms = []
-        for n, (kind, w, b, shift) in enumerate(self.layers):
-            layer = _Layer(kind, w, b, shift, last=n == count - 1)
+        for kind, w, b, shift in self.layers:
+            layer = _Layer(kind, w, b, shift)
             layer.prepare(low, high)
             self._gemms.append(layer)
             low, high = 0, self.activation_max  # after ReLU and the clip
@@ -357,7 +356,7 @@ class IntegerHyperSynthesis:
                 params["ctx0_w"], params["ctx0_b"], int(params["ctx0_shift"]), self.context_input_max,
                 ANCHOR_PHASES, OTHER_PHASES,
             )
-            self._context_head = _Layer("conv", params["ctx1_w"], params["ctx1_b"], int(params["ctx1_shift"]), False)
+            self._context_head = _Layer("conv", params["ctx1_w"], params["ctx1_b"], int(params["ctx1_shift"]))
             self._context_head.prepare(0, self.activation_max)
         self.has_channel_context = "cc_input_shift" in params
         if self.has_channel_context:
@@ -369,7 +368,7 @@ class IntegerHyperSynthesis:
                         params[f"{net}0_w"], params[f"{net}0_b"], int(params[f"{net}0_shift"]), self.channel_input_max,
                         ANCHOR_PHASES if anchors else ALL_PHASES, ANCHOR_PHASES if anchors else OTHER_PHASES,
                     ),
-                    _Layer("conv", params[f"{net}1_w"], params[f"{net}1_b"], int(params[f"{net}1_shift"]), False),
+                    _Layer("conv", params[f"{net}1_w"], params[f"{net}1_b"], int(params[f"{net}1_shift"])),
                 )
                 for anchors, net in ((True, "cca"), (False, "cco"))
             }
@@ -380,7 +379,7 @@ class IntegerHyperSynthesis:
             self.fusion_input_shift = int(params["ctxf_input_shift"])
             self.fusion_input_max = int(params["ctxf_input_max"])
             self.fusion_shift = int(params["ctxf_shift"])
-            self._fusion = _Layer("conv", params["ctxf_w"], params["ctxf_b"], self.fusion_shift, True)
+            self._fusion = _Layer("conv", params["ctxf_w"], params["ctxf_b"], self.fusion_shift)
             self._fusion.prepare(-self.fusion_input_max, self.fusion_input_max)
 
     @property
