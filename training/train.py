@@ -1,6 +1,10 @@
 """Train the DCV model on CPU: bf16 autocast + channels_last, one variable-rate model, resumable.
 
     python training/train.py --config training/config.toml [--max-hours H] [--init weights.pt]
+
+On a lent GPU machine (no ../shared there): `--device cuda --pack gpu_carry` trains from the packed
+crops of training/gpu_pack.py, without the Kodak and held-out evaluations (training/gpu_pack.py has
+the whole command).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import CropSampler, build_cache, cache_entries, held_out  # noqa: E402
+from data import CropSampler, PackSampler, build_cache, cache_entries, held_out  # noqa: E402
 from ladder import COMPRESSAI_LAMBDAS, remap_ladder  # noqa: E402
 from model import DCVModel, gaussian_likelihood, rate_distortion_loss  # noqa: E402
 
@@ -46,8 +50,8 @@ def learning_rate(step: int, cfg: dict, warm_from: int = 0) -> float:
     return lr
 
 
-def to_tensor(batch: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+def to_tensor(batch: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -55,12 +59,13 @@ def to_tensor(batch: np.ndarray) -> torch.Tensor:
 def evaluate(model: DCVModel, images: list[np.ndarray]) -> dict[str, list[float]]:
     """Rounded latents, estimated bits: a cheap curve for the log (not the shipped numbers)."""
     model.eval()
+    device = next(model.parameters()).device
     result: dict[str, list[float]] = {"bpp": [], "psnr": []}
     for qi in (0, 3, 7):
         bpps, psnrs = [], []
         for img in images:
-            x = to_tensor(img[None])
-            q = torch.tensor([qi])
+            x = to_tensor(img[None], device)
+            q = torch.tensor([qi], device=device)
             gain, inv_gain = model.gains(q)
             y = model.g_a(x) * gain
             z = torch.round(model.h_a(y))
@@ -177,22 +182,41 @@ def main() -> None:
     ap.add_argument("--reset-ema", action="store_true", help="restart the EMA from the current weights "
                     "(after a warm start with fresh layers the old average is meaningless)")
     ap.add_argument("--threads", type=int, help="override [run] threads (two 1-thread A/B runs share 2 cores)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU machine")
+    ap.add_argument("--pack", help="train from a crop pack (training/gpu_pack.py) instead of the photo cache; "
+                    "no Kodak or held-out evaluation")
+    ap.add_argument("--checkpoint", help="override [run] checkpoint")
+    ap.add_argument("--log", help="override [run] log")
+    ap.add_argument("--batch", type=int, help="override [data] batch")
+    ap.add_argument("--crop", type=int, help="override [data] crop")
+    ap.add_argument("--export-ema", help="at the end also write the EMA weights, fp16, in the format of "
+                    "training/weights/<id>.pt (10 MB; what comes back from a GPU machine)")
     args = ap.parse_args()
     cfg = tomllib.loads(Path(args.config).read_text())
+    for section, key, value in (("run", "checkpoint", args.checkpoint), ("run", "log", args.log),
+                                ("data", "batch", args.batch), ("data", "crop", args.crop)):
+        if value is not None:
+            cfg[section][key] = value
+    device = torch.device(args.device)
     root = Path(args.config).resolve().parent.parent
     torch.set_num_threads(args.threads or cfg["run"]["threads"])
     torch.manual_seed(int(time.time()))
 
-    cache = expand(cfg["data"]["cache_dir"])
-    if not (cache / "index.json").exists():
-        print("building crop cache ...", flush=True)
-        build_cache((root / cfg["data"]["train_dir"]).resolve(), cache)
-    train_dir = (root / cfg["data"]["train_dir"]).resolve()
-    holdout = held_out(train_dir, cfg["run"].get("holdout_images", 0))
-    sampler = CropSampler(cache, cfg["data"]["crop"], seed=int(time.time()), exclude=cache_entries(train_dir, holdout))
-    print(f"{len(sampler.images)} cached images to sample; held out: {[p.name for p in holdout]}", flush=True)
+    if args.pack:
+        sampler, holdout = PackSampler(Path(args.pack), cfg["data"]["crop"], seed=int(time.time())), []
+        print(f"{len(sampler.images)} packed crops to sample", flush=True)
+    else:
+        cache = expand(cfg["data"]["cache_dir"])
+        if not (cache / "index.json").exists():
+            print("building crop cache ...", flush=True)
+            build_cache((root / cfg["data"]["train_dir"]).resolve(), cache)
+        train_dir = (root / cfg["data"]["train_dir"]).resolve()
+        holdout = held_out(train_dir, cfg["run"].get("holdout_images", 0))
+        sampler = CropSampler(cache, cfg["data"]["crop"], seed=int(time.time()),
+                              exclude=cache_entries(train_dir, holdout))
+        print(f"{len(sampler.images)} cached images to sample; held out: {[p.name for p in holdout]}", flush=True)
 
-    model = DCVModel(**cfg["model"]).to(memory_format=torch.channels_last)
+    model = DCVModel(**cfg["model"]).to(device, memory_format=torch.channels_last)
     ema = DCVModel(**cfg["model"])
     # fused Adam and a foreach EMA: together with torch.compile 0.42 -> 0.36 s/step (2 threads)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["optim"]["lr"], fused=True)
@@ -221,6 +245,7 @@ def main() -> None:
             model.load_state_dict(ema.state_dict())
             print("frozen analysis: starting from the EMA weights", flush=True)
         model.freeze_analysis()
+    ema.to(device)
     ema.requires_grad_(False)
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
     # Inductor fuses GDN and the likelihoods' elementwise work (+9 % steps per hour in the run); the first
@@ -228,25 +253,25 @@ def main() -> None:
     forward = torch.compile(model, dynamic=False) if cfg["run"].get("compile", False) else model
 
     log = expand(cfg["run"]["log"]).open("a")
-    eval_images = load_eval_images(root / cfg["run"]["eval_dir"], cfg["run"]["eval_images"])
+    eval_images = [] if args.pack else load_eval_images(root / cfg["run"]["eval_dir"], cfg["run"]["eval_images"])
     holdout_images = [load_eval_image(p, 512) for p in holdout]
-    lambdas = torch.tensor(model.lambdas)
+    lambdas = torch.tensor(model.lambdas, device=device)
     t_start, t_saved = time.time(), time.time()
     hours_start = hours
-    bf16 = use_bf16(cfg["run"].get("amp", "auto"))
+    bf16 = device.type == "cuda" or use_bf16(cfg["run"].get("amp", "auto"))
     print(f"bf16 autocast: {bf16}", flush=True)
-    window: list[list[float]] = []
+    window: list[torch.Tensor] = []  # read every 100 steps: a GPU then never waits for the host
     stop = []  # SIGTERM/SIGINT: finish the step, save, exit
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     while step < args.max_steps and hours - hours_start < args.max_hours and not stop:
         for g in opt.param_groups:
             g["lr"] = learning_rate(step, cfg["optim"], warm_from)
-        x = to_tensor(sampler.batch(cfg["data"]["batch"]))
-        q = torch.randint(0, len(model.lambdas), (x.shape[0],))
+        x = to_tensor(sampler.batch(cfg["data"]["batch"]), device)
+        q = torch.randint(0, len(model.lambdas), (x.shape[0],), device=device)
         if args.fixed_quality:
             q.fill_(args.fixed_quality - 1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = forward(x, q, frozen)
         losses = rate_distortion_loss(out, x, lambdas[q])
         opt.zero_grad(set_to_none=True)
@@ -257,14 +282,15 @@ def main() -> None:
             torch._foreach_lerp_(ema_params, model_params, 1 - cfg["optim"]["ema"])
         step += 1
         hours = hours_start + (time.time() - t_start) / 3600
-        window.append([losses["loss"].item(), losses["bpp"].item(), losses["mse"].item()])
+        window.append(torch.stack([losses["loss"], losses["bpp"], losses["mse"]]).detach())
         if step % 100 == 0:
-            loss, bpp, mse = np.mean(window, axis=0)
+            loss, bpp, mse = torch.stack(window).mean(0).tolist()
             window.clear()
-            rec = {"step": step, "hours": round(hours, 3), "lr": opt.param_groups[0]["lr"],
+            rec = {"step": step, "hours": round(hours, 3), **({"device": args.device} if args.pack else {}),
+                   "lr": opt.param_groups[0]["lr"],
                    "loss": round(float(loss), 4), "bpp": round(float(bpp), 4),
                    "psnr": round(10 * math.log10(1 / mse), 3)}
-            if step % cfg["run"]["eval_every"] == 0:
+            if step % cfg["run"]["eval_every"] == 0 and eval_images:
                 # both: early on the EMA lags a fast-improving model (4.2k steps: 23.6 vs 25.4 dB at q4)
                 rec["eval"] = evaluate(model, eval_images)
                 rec["eval_ema"] = evaluate(ema, eval_images)
@@ -281,6 +307,9 @@ def main() -> None:
     save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(),
                                 "opt": opt.state_dict(), "step": step, "hours": hours,
                                 "warm_from": warm_from, "config": cfg})
+    if args.export_ema:
+        half = {k: v.half().cpu() for k, v in ema.state_dict().items()}
+        torch.save({"config": cfg, "step": step, "hours": hours, "state_dict": half}, args.export_ema)
 
 
 if __name__ == "__main__":

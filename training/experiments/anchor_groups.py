@@ -47,7 +47,7 @@ class AnchorGroups(nn.Module):
     def entropy_parameters(self, y, hyper, rounding, extra: bool = True):
         """As DCVModel._entropy_parameters_sliced, with the two group corrections on the anchors."""
         md = self.model
-        m, half, q = md.m, md.m // 2, md.m // 4
+        half, q = md.m // 2, md.m // 4
         anchor = anchor_mask(y.shape[2], y.shape[3], y.device)
         scale, mu = hyper.chunk(2, dim=1)
         scale, mu = scale.clone(), mu.clone()

@@ -119,7 +119,7 @@ def main() -> None:
     for name, path in variants.items():
         sess = session(path)
         scores = []
-        for qi, items in tests.items():
+        for items in tests.values():
             scores.append(np.mean([psnr(img, sess.run(None, {"y_hat": y, "inv_gain": g})[0][0].transpose(1, 2, 0))
                                    for img, y, g in items]))
         sess.run(None, kodak)
