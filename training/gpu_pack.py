@@ -4,8 +4,9 @@ of carried, git-ignored files, not ../shared and not ~/.cache.
     python training/gpu_pack.py [--checkpoint ~/.cache/pillow-dcv/ckpt.pt] [--out gpu_carry]
 
 writes gpu_carry/start.pt (the run's EMA weights, fp16, 10 MB) and gpu_carry/crops.{bin,json}
-(~1,000 JPEG crops of 288x288 from the training photos, held-out photos excluded, ~52 MB), then
-prints the device command. What comes back ($OUT/ema.pt, the EMA weights after the GPU steps, fp16)
+(JPEG crops of 288x288 from the training photos, held-out photos excluded, ~52 KB each), then prints
+the device command. The 64 MiB that travel include the repository's own files (~20 MiB), so the crops
+get what is left (~33 MiB, ~650 crops). What comes back ($OUT/ema.pt, the EMA weights after the GPU steps, fp16)
 continues on the CPU with `python training/train.py --init <files_at>/ema.pt` after moving the old
 ~/.cache/pillow-dcv/ckpt.pt aside (a fresh Adam; the EMA becomes the model too).
 """
@@ -13,6 +14,7 @@ continues on the CPU with `python training/train.py --init <files_at>/ema.pt` af
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +32,13 @@ DEVICE_COMMAND = (
 )
 
 
+def travelling_bytes() -> int:
+    """Tracked and untracked-not-ignored files: what travels to the device besides the carried paths."""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.split(b"\0")
+    return sum((ROOT / n.decode()).stat().st_size for n in names if n and (ROOT / n.decode()).is_file())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default="~/.cache/pillow-dcv/ckpt.pt")
@@ -44,12 +53,13 @@ def main() -> None:
     half = {k: v.half() for k, v in state["ema"].items()}
     torch.save({"config": state["config"], "step": state["step"], "hours": state["hours"], "state_dict": half},
                out / "start.pt")
-    budget = CARRY_LIMIT - (out / "start.pt").stat().st_size - 2 * 2**20  # room for the index
+    budget = CARRY_LIMIT - travelling_bytes() - (out / "start.pt").stat().st_size - 2**20  # margin
     train_dir = Path(args.train_dir)
     exclude = cache_entries(train_dir, held_out(train_dir, state["config"]["run"].get("holdout_images", 0)))
     count = write_pack(Path(args.cache).expanduser(), out, budget, exclude)
-    total = sum(p.stat().st_size for p in out.iterdir())
-    print(f"{out}: step {state['step']}, {count} crops, {total / 2**20:.1f} MiB (limit 64)")
+    total = sum(p.stat().st_size for p in out.iterdir()) + travelling_bytes()
+    print(f"{out}: step {state['step']}, {count} crops; {total / 2**20:.1f} MiB travel with the repository "
+          "(limit 64)")
     print("device command (carry ['" + args.out + "']):")
     print(DEVICE_COMMAND.format(out=args.out))
 
