@@ -67,6 +67,14 @@ def build_cache(root: Path, cache_dir: Path) -> None:
     (cache_dir / "index.json").write_text(json.dumps({"source": str(root), "images": index}))
 
 
+def random_crop(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """A random crop x crop window of img (h, w, 3), flipped horizontally half the time."""
+    top = rng.integers(0, img.shape[0] - crop + 1)
+    left = rng.integers(0, img.shape[1] - crop + 1)
+    tile = img[top : top + crop, left : left + crop]
+    return tile[:, ::-1] if rng.random() < 0.5 else tile
+
+
 class CropSampler:
     def __init__(self, cache_dir: Path, crop: int, seed: int = 0, exclude: set[int] = frozenset()) -> None:
         self.pixels = np.load(cache_dir / "pixels.npy", mmap_mode="r")
@@ -85,11 +93,7 @@ class CropSampler:
         picks = self.rng.choice(len(self.images), size=size, p=self.weights)
         for k, i in enumerate(picks):
             offset, h, w = self.images[i]
-            img = self.pixels[offset : offset + h * w * 3].reshape(h, w, 3)
-            top = self.rng.integers(0, h - self.crop + 1)
-            left = self.rng.integers(0, w - self.crop + 1)
-            tile = img[top : top + self.crop, left : left + self.crop]
-            out[k] = tile[:, ::-1] if self.rng.random() < 0.5 else tile
+            out[k] = random_crop(self.pixels[offset : offset + h * w * 3].reshape(h, w, 3), self.crop, self.rng)
         return out
 
 
@@ -141,10 +145,4 @@ class PackSampler:
 
     def batch(self, size: int) -> np.ndarray:
         picks = self.rng.integers(0, len(self.crops), size=size)
-        span = self.crops.shape[1] - self.crop + 1
-        out = np.empty((size, self.crop, self.crop, 3), dtype=np.uint8)
-        for k, i in enumerate(picks):
-            top, left = self.rng.integers(0, span, size=2)
-            tile = self.crops[i, top : top + self.crop, left : left + self.crop]
-            out[k] = tile[:, ::-1] if self.rng.random() < 0.5 else tile
-        return out
+        return np.stack([random_crop(self.crops[i], self.crop, self.rng) for i in picks])

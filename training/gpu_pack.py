@@ -53,11 +53,12 @@ def main() -> None:
     half = {k: v.half() for k, v in state["ema"].items()}
     torch.save({"config": state["config"], "step": state["step"], "hours": state["hours"], "state_dict": half},
                out / "start.pt")
-    budget = CARRY_LIMIT - travelling_bytes() - (out / "start.pt").stat().st_size - 2**20  # margin
+    repository = travelling_bytes()
+    budget = CARRY_LIMIT - repository - (out / "start.pt").stat().st_size - 2**20  # margin
     train_dir = Path(args.train_dir)
     exclude = cache_entries(train_dir, held_out(train_dir, state["config"]["run"].get("holdout_images", 0)))
     count = write_pack(Path(args.cache).expanduser(), out, budget, exclude)
-    total = sum(p.stat().st_size for p in out.iterdir()) + travelling_bytes()
+    total = sum(p.stat().st_size for p in out.iterdir()) + repository
     print(f"{out}: step {state['step']}, {count} crops; {total / 2**20:.1f} MiB travel with the repository "
           "(limit 64)")
     print("device command (carry ['" + args.out + "']):")

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +57,15 @@ def to_tensor(batch: np.ndarray, device: str | torch.device = "cpu") -> torch.Te
 
 
 @torch.no_grad()
-def evaluate(model: DCVModel, images: list[np.ndarray]) -> dict[str, list[float]]:
-    """Rounded latents, estimated bits: a cheap curve for the log (not the shipped numbers)."""
+def evaluate(
+    model: DCVModel, images: list[np.ndarray], qualities: Sequence[int] = (0, 3, 7)
+) -> dict[str, list[float]]:
+    """Rounded latents, estimated bits: a cheap curve for the log (not the shipped numbers); means over
+    the images at each quality index."""
     model.eval()
     device = next(model.parameters()).device
     result: dict[str, list[float]] = {"bpp": [], "psnr": []}
-    for qi in (0, 3, 7):
+    for qi in qualities:
         bpps, psnrs = [], []
         for img in images:
             x = to_tensor(img[None], device)

@@ -11,19 +11,17 @@ than exporting both (benchmarks/compare_models.py measures real files).
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from data import held_out  # noqa: E402
-from model import DCVModel, gaussian_likelihood  # noqa: E402
+from model import DCVModel  # noqa: E402
 from rd_benchmark import bd_rate  # noqa: E402
-from train import load_eval_image, to_tensor  # noqa: E402
+from train import evaluate, load_eval_image  # noqa: E402
 
 TRAIN_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/train"
 
@@ -35,35 +33,14 @@ def load_ema(path: str) -> tuple[DCVModel, int]:
     return model.eval().requires_grad_(False), state.get("step", 0)
 
 
-@torch.no_grad()
-def curve(model: DCVModel, images: list[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Mean bpp and mean PSNR over the images at each quality."""
-    rates, psnrs = [], []
-    for qi in range(len(model.lambdas)):
-        b, p = [], []
-        for img in images:
-            x = to_tensor(img[None])
-            gain, inv_gain = model.gains(torch.tensor([qi]))
-            y = model.g_a(x) * gain
-            z = torch.round(model.h_a(y))
-            y_hat, scale, mu = model.entropy_parameters(y, model.h_s(z))
-            bits = -torch.log2(gaussian_likelihood(y_hat - mu, scale).clamp_min(1e-9)).sum()
-            bits += -torch.log2(model.entropy_bottleneck.likelihood(z).clamp_min(1e-9)).sum()
-            x_hat = (model.g_s(y_hat * inv_gain).clamp(0, 1) * 255).round() / 255
-            b.append(bits.item() / (x.shape[2] * x.shape[3]))
-            p.append(10 * math.log10(1 / (x_hat - x).pow(2).mean().item()))
-        rates.append(float(np.mean(b)))
-        psnrs.append(float(np.mean(p)))
-    return rates, psnrs
-
-
 def main() -> None:
     torch.set_num_threads(1)
     images = [load_eval_image(p, 512) for p in held_out(TRAIN_DIR, 8)]
     curves = []
     for path in sys.argv[1:3]:
         model, step = load_ema(path)
-        rates, psnrs = curve(model, images)
+        result = evaluate(model, images, range(len(model.lambdas)))
+        rates, psnrs = result["bpp"], result["psnr"]
         curves.append((rates, psnrs))
         print(f"{path} (step {step}): " + ", ".join(f"{r:.4f}/{p:.3f}" for r, p in zip(rates, psnrs)), flush=True)
     (ra, pa), (rb, pb) = curves
