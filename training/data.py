@@ -97,6 +97,38 @@ class CropSampler:
         return out
 
 
+class BucketSampler:
+    """Crops of several sizes: every photo is cut at the largest crop it fits, so the small photos
+    (481x321) stay in the mix while the large ones give crops with less border.
+
+    ``buckets`` are (crop, batch) pairs; a step draws one bucket, with probabilities that keep every
+    training pixel equally likely (a bucket's share of the pixels over its pixels per step). Each
+    bucket is one tensor shape, so a compiled model specialises once per bucket.
+    """
+
+    def __init__(
+        self, cache_dir: Path, buckets: list[tuple[int, int]], seed: int = 0, exclude: set[int] = frozenset()
+    ) -> None:
+        meta = json.loads((cache_dir / "index.json").read_text())["images"]
+        self.buckets = sorted(((int(c), int(b)) for c, b in buckets), reverse=True)
+        self.samplers: list[CropSampler] = []
+        shares = []
+        taken = set(exclude)
+        for k, (crop, batch) in enumerate(self.buckets):
+            sampler = CropSampler(cache_dir, crop, seed=seed + k, exclude=taken)
+            taken |= {n for n, (_, h, w) in enumerate(meta) if h >= crop and w >= crop}
+            self.samplers.append(sampler)
+            shares.append(sum(h * w for _, h, w in sampler.images) / (crop * crop * batch))
+        self.p = np.array(shares) / sum(shares)
+        self.images = [im for s in self.samplers for im in s.images]  # len() for the log line
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int | None = None) -> np.ndarray:
+        """One bucket's batch, (batch, crop, crop, 3) uint8; ``size`` is ignored (each bucket has its own)."""
+        k = self.rng.choice(len(self.buckets), p=self.p)
+        return self.samplers[k].batch(self.buckets[k][1])
+
+
 # A compact copy of the training data for a lent GPU machine, which sees only the repository and up to
 # 64 MiB of carried files (not ../shared): random crops of the cached photos (held-out photos
 # excluded), stored as JPEG quality 95 with 4:4:4 chroma (~45 dB, far above what the model keeps) in

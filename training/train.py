@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import CropSampler, PackSampler, build_cache, cache_entries, held_out  # noqa: E402
+from data import BucketSampler, CropSampler, PackSampler, build_cache, cache_entries, held_out  # noqa: E402
 from ladder import COMPRESSAI_LAMBDAS, remap_ladder  # noqa: E402
 from model import DCVModel, gaussian_likelihood, rate_distortion_loss  # noqa: E402
 
@@ -216,8 +216,11 @@ def main() -> None:
             build_cache((root / cfg["data"]["train_dir"]).resolve(), cache)
         train_dir = (root / cfg["data"]["train_dir"]).resolve()
         holdout = held_out(train_dir, cfg["run"].get("holdout_images", 0))
-        sampler = CropSampler(cache, cfg["data"]["crop"], seed=int(time.time()),
-                              exclude=cache_entries(train_dir, holdout))
+        excluded = cache_entries(train_dir, holdout)
+        if "buckets" in cfg["data"]:
+            sampler = BucketSampler(cache, cfg["data"]["buckets"], seed=int(time.time()), exclude=excluded)
+        else:
+            sampler = CropSampler(cache, cfg["data"]["crop"], seed=int(time.time()), exclude=excluded)
         print(f"{len(sampler.images)} cached images to sample; held out: {[p.name for p in holdout]}", flush=True)
 
     model = DCVModel(**cfg["model"]).to(device, memory_format=torch.channels_last)
