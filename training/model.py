@@ -346,14 +346,16 @@ class DCVModel(nn.Module):
 
 
 def rate_distortion_loss(
-    out: dict[str, torch.Tensor], x: torch.Tensor, lmbda: torch.Tensor
+    out: dict[str, torch.Tensor], x: torch.Tensor, lmbda: torch.Tensor, weight: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    """Per-sample bpp and MSE in fp32; loss = mean(lambda * 255^2 * MSE + bpp)."""
+    """Per-sample bpp and MSE in fp32; rd = lambda * 255^2 * MSE + bpp per sample, and the loss to
+    minimise mean(weight * rd) (weight 1 by default: the plain mean)."""
     b, _, h, w = x.shape
     npix = h * w
     bits_y = -torch.log2(out["y_lik"].clamp_min(1e-9)).reshape(b, -1).sum(1)
     bits_z = -torch.log2(out["z_lik"].clamp_min(1e-9)).reshape(b, -1).sum(1)
     bpp = (bits_y + bits_z) / npix
     mse = (out["x_hat"] - x).pow(2).reshape(b, -1).mean(1)
-    loss = (lmbda * 255**2 * mse + bpp).mean()
-    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean()}
+    rd = lmbda * 255**2 * mse + bpp
+    loss = rd.mean() if weight is None else (weight * rd).mean()
+    return {"loss": loss, "rd": rd.detach(), "bpp": bpp.mean(), "mse": mse.mean()}

@@ -56,6 +56,32 @@ def to_tensor(batch: np.ndarray, device: str | torch.device = "cpu") -> torch.Te
     return x.contiguous(memory_format=torch.channels_last)
 
 
+class QualityBalance:
+    """Per-quality loss weights that give every quality the same share of the training signal.
+
+    A q8 sample's loss is ~15x a q1 sample's, so in a plain mean the shared transforms learn mostly
+    for the high rates, while BD-rate (the score) counts a 1 % saving at q1 as much as one at q8.
+    Dividing each sample's loss by its quality's running mean makes every quality's relative change
+    count alike; within a quality the rate/distortion trade-off (lambda) is unchanged. The weights
+    are normalised to mean 1 over the qualities, so the loss keeps its scale.
+    """
+
+    def __init__(self, qualities: int, device: torch.device, decay: float = 0.99) -> None:
+        self.avg = torch.zeros(qualities, device=device)  # 0: not seen yet (weight 1)
+        self.decay = decay
+
+    def weights(self, q: torch.Tensor) -> torch.Tensor:
+        seen = self.avg > 0
+        mean = self.avg.sum() / seen.sum().clamp_min(1)
+        return torch.where(seen, mean / self.avg.clamp_min(1e-12), torch.ones_like(self.avg))[q]
+
+    @torch.no_grad()
+    def update(self, q: torch.Tensor, rd: torch.Tensor) -> None:
+        for i in range(q.shape[0]):  # tensor ops only: no host sync on a GPU
+            old = self.avg[q[i]]
+            self.avg[q[i]] = torch.where(old > 0, self.decay * old + (1 - self.decay) * rd[i], rd[i])
+
+
 @torch.no_grad()
 def evaluate(
     model: DCVModel, images: list[np.ndarray], qualities: Sequence[int] = (0, 3, 7)
@@ -112,6 +138,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def balance_state(balance: QualityBalance | None) -> dict:
+    return {"quality_loss_avg": balance.avg.cpu()} if balance else {}
 
 
 def warm_start(model: DCVModel, ema: DCVModel, path: Path) -> tuple[int, float]:
@@ -263,6 +293,9 @@ def main() -> None:
     eval_images = [] if args.pack else load_eval_images(root / cfg["run"]["eval_dir"], cfg["run"]["eval_images"])
     holdout_images = [load_eval_image(p, 512) for p in holdout]
     lambdas = torch.tensor(model.lambdas, device=device)
+    balance = QualityBalance(len(model.lambdas), device) if cfg["optim"].get("balance_qualities") else None
+    if balance and ckpt_path.exists() and "quality_loss_avg" in state:
+        balance.avg.copy_(state["quality_loss_avg"])
     t_start, t_saved = time.time(), time.time()
     hours_start = hours
     bf16 = device.type == "cuda" or use_bf16(cfg["run"].get("amp", "auto"))
@@ -280,7 +313,9 @@ def main() -> None:
             q.fill_(args.fixed_quality - 1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = forward(x, q, frozen)
-        losses = rate_distortion_loss(out, x, lambdas[q])
+        losses = rate_distortion_loss(out, x, lambdas[q], balance.weights(q) if balance else None)
+        if balance:
+            balance.update(q, losses["rd"])
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["clip"])
@@ -289,7 +324,7 @@ def main() -> None:
             torch._foreach_lerp_(ema_params, model_params, 1 - cfg["optim"]["ema"])
         step += 1
         hours = hours_start + (time.time() - t_start) / 3600
-        window.append(torch.stack([losses["loss"], losses["bpp"], losses["mse"]]).detach())
+        window.append(torch.stack([losses["rd"].mean(), losses["bpp"], losses["mse"]]).detach())
         if step % 100 == 0:
             loss, bpp, mse = torch.stack(window).mean(0).tolist()
             window.clear()
@@ -309,11 +344,11 @@ def main() -> None:
         if time.time() - t_saved > cfg["run"]["save_every_s"]:
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(),
                                         "opt": opt.state_dict(), "step": step, "hours": hours,
-                                        "warm_from": warm_from, "config": cfg})
+                                        "warm_from": warm_from, "config": cfg, **balance_state(balance)})
             t_saved = time.time()
     save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(),
                                 "opt": opt.state_dict(), "step": step, "hours": hours,
-                                "warm_from": warm_from, "config": cfg})
+                                "warm_from": warm_from, "config": cfg, **balance_state(balance)})
     if args.export_ema:
         half = {k: v.half().cpu() for k, v in ema.state_dict().items()}
         torch.save({"config": cfg, "step": step, "hours": hours, "state_dict": half}, args.export_ema)
