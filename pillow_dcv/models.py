@@ -106,6 +106,10 @@ class Model:
         opts.intra_op_num_threads = n
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No memory pattern: it is planned on a shape's first run and allocated afresh on its second, so
+        # the second image of a size paid the page faults again (Kodak, 2 threads: 325-359 -> 295-307
+        # ms/Mpx for the second decode in a process; the first is unchanged, training/LOG.md session 13).
+        opts.enable_mem_pattern = False
         # The memory arena stays on: without it every tensor is a fresh allocation whose page faults
         # cost a third of the synthesis time, and a 24 MP decode peaks at ~720 MB either way.
         path = GEMM_DIR / f"{name}.onnx" if name.startswith("matmul_") else self.folder / f"{name}.onnx"

@@ -1,0 +1,106 @@
+"""Is the synthesis faster with each transposed convolution split into its four output phases? (session 13)
+
+onnxruntime runs ConvTranspose as one GEMM into a (cout * k * k, H * W) column buffer and a col2im that
+scatters it into the output: for a 5x5 kernel the buffer is 25 values per input pixel and channel,
+written and read once. Session 9's single convolution over a shared 3x3 window (+ DepthToSpace) avoided
+the scatter but computes 9 taps where a k=5 phase needs 6.25 on average, and was slower. Here every
+phase is its own convolution with exactly its taps (3x3, 3x2, 2x3, 2x2 for k=5; 2x2 for k=4), the
+four outputs concatenated and interleaved by DepthToSpace: the same multiply-adds as the transposed
+convolution, no column buffer, and onnxruntime's direct (NCHWc) convolution kernels.
+
+    python training/experiments/phase_synthesis.py [training/weights/<id>.pt]
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def phase_taps(k: int, p: int, r: int) -> list[tuple[int, int]]:
+    """(input offset o, kernel tap t) for output phase r: output 2u + r reads input u + o through t."""
+    return sorted((-(t - r - p) // 2, t) for t in range(k) if (t - r - p) % 2 == 0)
+
+
+class PhaseDeconv(nn.Module):
+    """A stride-2 ConvTranspose2d (output 2H x 2W) as four convolutions and a depth-to-space."""
+
+    def __init__(self, deconv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        w = deconv.weight.detach()  # (cin, cout, k, k)
+        k, p = w.shape[2], deconv.padding[0]
+        self.convs = nn.ModuleList()
+        self.pads: list[tuple[int, int, int, int]] = []
+        for ry in (0, 1):
+            for rx in (0, 1):
+                ty, tx = phase_taps(k, p, ry), phase_taps(k, p, rx)
+                kernel = w[:, :, [t for _, t in ty]][:, :, :, [t for _, t in tx]].transpose(0, 1)
+                conv = nn.Conv2d(w.shape[0], w.shape[1], (len(ty), len(tx)))
+                conv.weight.data = kernel.contiguous()
+                conv.bias.data = deconv.bias.detach().clone()
+                self.convs.append(conv)
+                # F.pad order: left, right, top, bottom
+                self.pads.append((-tx[0][0], tx[-1][0], -ty[0][0], ty[-1][0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        phases = torch.stack([conv(F.pad(x, pad)) for conv, pad in zip(self.convs, self.pads)], 2)
+        return F.pixel_shuffle(phases.flatten(1, 2), 2)  # channel (c, ry, rx) -> pixel (2u + ry, 2v + rx)
+
+
+def main() -> None:
+    from export import Synthesis, bake_gdn
+    from model import DCVModel
+
+    weights = sys.argv[1] if len(sys.argv) > 1 else "training/weights/dcv-ms2-s12.pt"
+    state = torch.load(weights, weights_only=False)
+    model = DCVModel(**state["config"]["model"])
+    model.load_state_dict({k: v.float() for k, v in state["state_dict"].items()})
+    model.eval().requires_grad_(False)
+    bake_gdn(model)
+    ref = Synthesis(model)
+    phase = copy.deepcopy(ref)
+    for i, layer in enumerate(phase.g_s):
+        if isinstance(layer, nn.ConvTranspose2d):
+            phase.g_s[i] = PhaseDeconv(layer)
+    y = torch.randn(1, 192, 32, 48) * 3
+    g = torch.ones(1, 192, 1, 1)
+    with torch.no_grad():
+        a, b = ref(y, g), phase(y, g)
+    print("max |diff| against ConvTranspose (torch)", (a - b).abs().max().item(), tuple(b.shape))
+    out = Path("/tmp/phase")
+    out.mkdir(exist_ok=True)
+    for name, mod in (("deconv", ref), ("phase", phase)):
+        torch.onnx.export(mod, (y, g), str(out / f"{name}.onnx"), input_names=["y_hat", "inv_gain"],
+                          output_names=["x_hat"], dynamic_axes={"y_hat": {2: "h", 3: "w"}}, opset_version=17,
+                          dynamo=False)
+    import onnxruntime as ort
+
+    for threads in (1, 2):
+        for name in ("deconv", "phase"):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            sess = ort.InferenceSession(str(out / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+            feed = {"y_hat": y.numpy(), "inv_gain": g.numpy()}
+            sess.run(None, feed)
+            times = []
+            for _ in range(8):
+                t0 = time.perf_counter()
+                (o,) = sess.run(None, feed)
+                times.append(time.perf_counter() - t0)
+            mpx = 512 * 768 / 1e6
+            print(f"{threads} threads {name}: {1000 * min(times) / mpx:.0f} ms/Mpx best, "
+                  f"{1000 * np.median(times) / mpx:.0f} median (max diff vs torch {np.abs(o - a.numpy()).max():.2e})",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
