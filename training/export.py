@@ -354,6 +354,7 @@ def main() -> None:
     ap.add_argument("--model-id", required=True)
     ap.add_argument("--out", default=str(ROOT / "pillow_dcv" / "models"))
     ap.add_argument("--raw", action="store_true", help="use the raw weights, not the EMA")
+    ap.add_argument("--slow-ema", action="store_true", help="use the slow second average ([optim] ema_slow)")
     ap.add_argument("--calibration", default=str(CALIBRATION_DIR))
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -364,7 +365,7 @@ def main() -> None:
     else:
         ckpt = torch.load(args.checkpoint, map_location="cpu")
         cfg, step, hours = ckpt["config"], ckpt["step"], ckpt["hours"]
-        sd = ckpt["model" if args.raw else "ema"]
+        sd = ckpt["model" if args.raw else "ema_slow" if args.slow_ema else "ema"]
     model = DCVModel(**cfg["model"])
     model.load_state_dict({k: v.float() for k, v in sd.items()})
     model.eval()

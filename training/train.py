@@ -140,10 +140,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def balance_state(balance: QualityBalance | None) -> dict:
-    return {"quality_loss_avg": balance.avg.cpu()} if balance else {}
-
-
 def warm_start(model: DCVModel, ema: DCVModel, path: Path) -> tuple[int, float]:
     """Initialise from exported weights (training/weights/<id>.pt) or another run's checkpoint.
 
@@ -285,9 +281,27 @@ def main() -> None:
     ema.to(device)
     ema.requires_grad_(False)
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
+    # A slower second average (e.g. 0.9999, ~10k steps) for a run whose learning rate has bottomed out:
+    # it starts from the EMA and is exported with `export.py --slow-ema` when it is better.
+    slow = None
+    if cfg["optim"].get("ema_slow"):
+        slow = DCVModel(**cfg["model"])
+        resumed = ckpt_path.exists() and "ema_slow" in state
+        slow.load_state_dict(state["ema_slow"] if resumed else ema.state_dict())
+        slow.to(device).requires_grad_(False)
+        slow_params = list(slow.parameters())
     # Inductor fuses GDN and the likelihoods' elementwise work (+9 % steps per hour in the run); the first
     # step compiles for ~40 s. Checkpoints keep the plain module's state_dict.
     forward = torch.compile(model, dynamic=False) if cfg["run"].get("compile", False) else model
+
+    def run_state() -> dict:
+        snapshot = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "hours": hours, "warm_from": warm_from, "config": cfg}
+        if balance:
+            snapshot["quality_loss_avg"] = balance.avg.cpu()
+        if slow is not None:
+            snapshot["ema_slow"] = slow.state_dict()
+        return snapshot
 
     log = expand(cfg["run"]["log"]).open("a")
     eval_images = [] if args.pack else load_eval_images(root / cfg["run"]["eval_dir"], cfg["run"]["eval_images"])
@@ -322,6 +336,8 @@ def main() -> None:
         opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, model_params, 1 - cfg["optim"]["ema"])
+            if slow is not None:
+                torch._foreach_lerp_(slow_params, model_params, 1 - cfg["optim"]["ema_slow"])
         step += 1
         hours = hours_start + (time.time() - t_start) / 3600
         window.append(torch.stack([losses["rd"].mean(), losses["bpp"], losses["mse"]]).detach())
@@ -342,13 +358,9 @@ def main() -> None:
             log.flush()
             print(json.dumps(rec), flush=True)
         if time.time() - t_saved > cfg["run"]["save_every_s"]:
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                        "opt": opt.state_dict(), "step": step, "hours": hours,
-                                        "warm_from": warm_from, "config": cfg, **balance_state(balance)})
+            save_checkpoint(ckpt_path, run_state())
             t_saved = time.time()
-    save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                "opt": opt.state_dict(), "step": step, "hours": hours,
-                                "warm_from": warm_from, "config": cfg, **balance_state(balance)})
+    save_checkpoint(ckpt_path, run_state())
     if args.export_ema:
         half = {k: v.half().cpu() for k, v in ema.state_dict().items()}
         torch.save({"config": cfg, "step": step, "hours": hours, "state_dict": half}, args.export_ema)

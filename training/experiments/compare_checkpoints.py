@@ -7,6 +7,7 @@ EMA weights at every quality (estimated bits of rounded latents, 8-bit PSNR, the
 than exporting both (benchmarks/compare_models.py measures real files).
 
     python training/experiments/compare_checkpoints.py ~/.cache/pillow-dcv/ckpt.pt ~/.cache/pillow-dcv/ckpt-b.pt
+    python training/experiments/compare_checkpoints.py ~/.cache/pillow-dcv/ckpt.pt ~/.cache/pillow-dcv/ckpt.pt#ema_slow
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ TRAIN_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/train"
 
 
 def load_ema(path: str) -> tuple[DCVModel, int]:
+    """A checkpoint's EMA weights (PATH#ema_slow: its slow average), or exported weights."""
+    path, _, key = path.partition("#")
     state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
     model = DCVModel(**state["config"]["model"])
-    model.load_state_dict({k: v.float() for k, v in (state.get("ema") or state["state_dict"]).items()})
+    model.load_state_dict({k: v.float() for k, v in (state.get(key or "ema") or state["state_dict"]).items()})
     return model.eval().requires_grad_(False), state.get("step", 0)
 
 
