@@ -60,7 +60,7 @@ def main() -> None:
     from export import Synthesis, bake_gdn
     from model import DCVModel
 
-    weights = sys.argv[1] if len(sys.argv) > 1 else "training/weights/dcv-ms2-s12.pt"
+    weights = sys.argv[1] if len(sys.argv) > 1 else "training/weights/dcv-ms2-s13.pt"
     state = torch.load(weights, weights_only=False)
     model = DCVModel(**state["config"]["model"])
     model.load_state_dict({k: v.float() for k, v in state["state_dict"].items()})
