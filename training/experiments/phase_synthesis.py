@@ -13,17 +13,15 @@ convolution, no column buffer, and onnxruntime's direct (NCHWc) convolution kern
 
 from __future__ import annotations
 
-import copy
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def phase_taps(k: int, p: int, r: int) -> list[tuple[int, int]]:
@@ -57,49 +55,10 @@ class PhaseDeconv(nn.Module):
 
 
 def main() -> None:
-    from export import Synthesis, bake_gdn
-    from model import DCVModel
+    from subpixel_synthesis import compare_with_convtranspose
 
     weights = sys.argv[1] if len(sys.argv) > 1 else "training/weights/dcv-ms2-s13.pt"
-    state = torch.load(weights, weights_only=False)
-    model = DCVModel(**state["config"]["model"])
-    model.load_state_dict({k: v.float() for k, v in state["state_dict"].items()})
-    model.eval().requires_grad_(False)
-    bake_gdn(model)
-    ref = Synthesis(model)
-    phase = copy.deepcopy(ref)
-    for i, layer in enumerate(phase.g_s):
-        if isinstance(layer, nn.ConvTranspose2d):
-            phase.g_s[i] = PhaseDeconv(layer)
-    y = torch.randn(1, 192, 32, 48) * 3
-    g = torch.ones(1, 192, 1, 1)
-    with torch.no_grad():
-        a, b = ref(y, g), phase(y, g)
-    print("max |diff| against ConvTranspose (torch)", (a - b).abs().max().item(), tuple(b.shape))
-    out = Path("/tmp/phase")
-    out.mkdir(exist_ok=True)
-    for name, mod in (("deconv", ref), ("phase", phase)):
-        torch.onnx.export(mod, (y, g), str(out / f"{name}.onnx"), input_names=["y_hat", "inv_gain"],
-                          output_names=["x_hat"], dynamic_axes={"y_hat": {2: "h", 3: "w"}}, opset_version=17,
-                          dynamo=False)
-    import onnxruntime as ort
-
-    for threads in (1, 2):
-        for name in ("deconv", "phase"):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            sess = ort.InferenceSession(str(out / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
-            feed = {"y_hat": y.numpy(), "inv_gain": g.numpy()}
-            sess.run(None, feed)
-            times = []
-            for _ in range(8):
-                t0 = time.perf_counter()
-                (o,) = sess.run(None, feed)
-                times.append(time.perf_counter() - t0)
-            mpx = 512 * 768 / 1e6
-            print(f"{threads} threads {name}: {1000 * min(times) / mpx:.0f} ms/Mpx best, "
-                  f"{1000 * np.median(times) / mpx:.0f} median (max diff vs torch {np.abs(o - a.numpy()).max():.2e})",
-                  flush=True)
+    compare_with_convtranspose(PhaseDeconv, "phase", weights)
 
 
 if __name__ == "__main__":
