@@ -164,7 +164,8 @@ def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray, part: Part) ->
 
 
 def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray:
-    """Latents of a tile cell of height x width padded pixels -> float32 (M, height/16, width/16)."""
+    """Latents of a tile cell of height x width padded pixels -> float32 (M, height/16, width/16): the
+    symbols plus the means they were coded with (and the model's reconstruction offsets)."""
     cz = len(model.z_tables.offsets)
     z_shape = (cz, height // DOWNSAMPLING, width // DOWNSAMPLING)
     z_channel = np.broadcast_to(np.arange(cz)[:, None, None], z_shape)
@@ -172,20 +173,31 @@ def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray
         z_sym = entropy.decode(tile["z_stream"], z_channel, model.z_tables).reshape(z_shape)
         acc = model.prior.hyper(z_sym)
         y_sym = np.zeros((acc.shape[0] // 2, *acc.shape[1:]), dtype=np.int64)
-        mu = np.empty(y_sym.shape)
+        centre = np.empty(y_sym.shape)  # what a symbol is added to: its mean, plus the offset
         stream = entropy.Decoder(tile["y_stream"])
         for part, update in model.prior.stages(y_sym.shape):
             if update is not None:
                 acc = update(acc, y_sym)
             mu_part, scale_index = model.prior.tables_at(acc, part)
-            part.put(mu, mu_part)
-            part.put(y_sym, stream.decode(scale_index, model.y_tables))
+            symbols = stream.decode(scale_index, model.y_tables)
+            part.put(centre, mu_part + reconstruction_offset(model, symbols, scale_index))
+            part.put(y_sym, symbols)
         stream.finish()
     except (ValueError, RuntimeError, OverflowError) as e:
         raise CorruptFileError(f"damaged entropy-coded data in tile {tile['index']}: {e}") from None
     if symbols_crc(z_sym, y_sym) != tile["symbols_crc"]:
         raise CorruptFileError(f"tile {tile['index']}: decoded symbols do not match their checksum")
-    return (y_sym + mu).astype(np.float32)
+    return (y_sym + centre).astype(np.float32)
+
+
+def reconstruction_offset(model: Model, symbols: np.ndarray, scale_index: np.ndarray) -> np.ndarray | float:
+    """Where in its bin the synthesis takes each latent: sign(q) * offset[min(|q|, 3) - 1, scale
+    index], and 0 for q = 0 (spec section 5.6); 0 for models without the table."""
+    if model.recon_offsets is None:
+        return 0.0
+    magnitude = np.minimum(np.abs(symbols), len(model.recon_offsets))
+    table = np.concatenate([np.zeros((1, model.recon_offsets.shape[1])), model.recon_offsets])
+    return np.sign(symbols) * table[magnitude, scale_index]
 
 
 # -- alpha ---------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from construct import (
 
 SIGNATURE = b"\x89DCV\r\n\x1a\n"
 VERSION_MAJOR = 2
-VERSION_MINOR = 2
+VERSION_MINOR = 3
 
 MAX_SIDE = 65535
 MAX_CHUNK_LENGTH = 1 << 30

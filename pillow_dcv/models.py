@@ -75,6 +75,9 @@ class Model:
         self.log_gain = params["gain"].astype(np.float64)
         self.log_inv_gain = params["inv_gain"].astype(np.float64)
         self.latent_channels = self.log_gain.shape[1]
+        # models from dcv-ms2-s14 on: where in its bin the synthesis takes a latent (spec section 5.6)
+        offsets = params.get("recon_offsets")
+        self.recon_offsets = None if offsets is None else offsets.astype(np.float64)
         self._session_lock = threading.Lock()
         self._sessions: dict[str, object] = {}
 

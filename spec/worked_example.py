@@ -226,7 +226,8 @@ reference codec.
   {ypops}. The non-zero `y` symbols (position (channel, row, column) = value): {ynz_text or 'none'}.
   The state ends at 0.
 - CRC-32 of the {z.size} + {y.size} symbols as little-endian int32 = 0x{crc:08X} = `symbols_crc`.
-- Synthesis of `y_hat = y + mu` gives the 16 × 16 image. At quality 1 it is not uniform: with the
+- Synthesis of `y_hat = y + mu` (plus the reconstruction offsets of the non-zero symbols, section 5.6)
+  gives the 16 × 16 image. At quality 1 it is not uniform: with the
   reference runtime the mean pixel is about ({pixels[0]:.0f}, {pixels[1]:.0f}, {pixels[2]:.0f}), against
   (200, 120, 40) in the source (pixels need not be bit-exact, section 1).
 """

@@ -529,3 +529,50 @@ def test_gray_is_stored_as_gray(photo) -> None:
     assert info.mode == "L"
     out = codec.decode(io.BytesIO(data), info)
     assert out.shape == gray.shape and psnr(out, gray) > 20
+
+
+def test_reconstruction_offsets_shift_each_latent_by_its_symbol_and_scale(
+    photo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model's offset table (spec section 5.6) moves y_hat by sign(q) * offset[min(|q|, 3), scale
+    index] at the latent's own position; q = 0 stays at its mean, and the symbols are unchanged."""
+    model = get_model()
+    data, info = encode(np.asarray(photo), 8)
+    _, tile = codec.container.read_chunk(io.BytesIO(data), *info.index.tile_offsets[0])
+    h, w = codec.padded_size(info.height), codec.padded_size(info.width)
+    monkeypatch.setattr(model, "recon_offsets", None)
+    plain = codec.decode_tile(model, tile, h, w).astype(np.float64)
+
+    decoded_parts = []  # (symbols, table index): z's, then each part of y's in coding order
+    original = entropy.Decoder.decode
+
+    def recording(self, table, tables):
+        symbols = original(self, table, tables)
+        decoded_parts.append((symbols, table.ravel()))
+        return symbols
+
+    monkeypatch.setattr(entropy.Decoder, "decode", recording)
+    table = np.stack([np.full(64, -0.25), np.full(64, -0.125), np.linspace(-0.5, 0.5, 64)])
+    monkeypatch.setattr(model, "recon_offsets", table)
+    moved = codec.decode_tile(model, tile, h, w).astype(np.float64)
+
+    q = np.zeros(plain.shape, dtype=np.int64)
+    level = np.zeros(plain.shape, dtype=np.int64)
+    for (part, _), (symbols, index) in zip(model.prior.stages(plain.shape), decoded_parts[1:], strict=True):
+        part.put(q, symbols)
+        part.put(level, index)
+    rows = np.concatenate([np.zeros((1, 64)), table])[np.minimum(np.abs(q), 3), level]
+    np.testing.assert_allclose(moved - plain, np.sign(q) * rows, atol=1e-5)
+    assert 0.05 < np.mean(q != 0) < 0.95  # both kinds of latent are exercised
+
+
+def test_reconstruction_offset_table_lookup() -> None:
+    class Fake:
+        recon_offsets = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])
+
+    symbols = np.array([0, 1, -1, 2, -2, 3, -7, 0])
+    index = np.array([1, 0, 1, 0, 1, 0, 1, 0])
+    got = codec.reconstruction_offset(Fake(), symbols, index)
+    np.testing.assert_allclose(got, [0, 0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0])
+    Fake.recon_offsets = None
+    assert codec.reconstruction_offset(Fake(), symbols, index) == 0.0

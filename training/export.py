@@ -25,7 +25,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "training"))
 sys.path.insert(0, str(ROOT))
-from model import SCALE_MIN, DCVModel, anchor_mask  # noqa: E402
+from model import SCALE_TABLE, DCVModel, anchor_mask  # noqa: E402
 
 # Weights carry a sign and WEIGHT_BITS magnitude bits: the runtime's exact integer GEMMs cut them into a
 # signed top byte and one 7-bit part (pillow_dcv.prior.ExactGemm), so 14 bits cost what 8 do.
@@ -42,7 +42,6 @@ CONTEXT_INPUT_BITS = (11, 12, 13)
 # i.e. at half that maximum: the finer steps matter more than the rare largest values (session 8,
 # dcv-ms2-s09, at 9 / 10 / 11 bits with 10-bit activations: +4.64 / +2.81 / +2.30 % at q1).
 CONTEXT_HIDDEN_BITS = 16
-SCALE_TABLE = np.exp(np.linspace(math.log(SCALE_MIN), math.log(256.0), 64))
 TABLE_PRECISION = 2**20
 Z_SEARCH = 512  # hyper-latent support searched for the factorized tables
 CALIBRATION_DIR = ROOT.parent / "shared/data/train/debian_wallpapers"  # the first 4 photos, every quality
@@ -397,6 +396,8 @@ def main() -> None:
         params.update(best_context(model, params, list(zip(calib_y, calib_z))))
     params["gain"] = model.gain.detach().numpy().astype(np.float32)
     params["inv_gain"] = model.inv_gain.detach().numpy().astype(np.float32)
+    if model.reconstruction is not None:  # (|q| 1, 2, >= 3) x scale level, float32: the synthesis is float
+        params["recon_offsets"] = model.reconstruction.table.detach().numpy().astype(np.float32)
     np.savez_compressed(out / "prior.npz", **params)
     write_matmul_graphs()
     meta = {"model_id": args.model_id, "step": step, "hours": round(hours, 2), "config": cfg["model"]}

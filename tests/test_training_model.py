@@ -1,0 +1,53 @@
+"""Training-side pieces that the runtime must agree with (skipped where torch, an optional extra, is absent)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+from model import SCALE_THRESHOLDS, DCVModel, ReconstructionOffsets  # noqa: E402
+from train import extend_optimizer_state, load_run_weights, parameter_groups  # noqa: E402
+
+from pillow_dcv import codec  # noqa: E402
+
+SMALL = {"n": 8, "m": 8, "nz": 4, "nh": 8, "synthesis_channels": [8, 8, 8], "analysis_channels": [8, 8, 8]}
+
+
+def test_offsets_match_the_runtime_table_lookup() -> None:
+    offsets = ReconstructionOffsets()
+    with torch.no_grad():
+        offsets.table.copy_(torch.linspace(-0.4, 0.4, offsets.table.numel()).reshape(offsets.table.shape))
+    rng = np.random.default_rng(0)
+    q = rng.integers(-5, 6, 500)
+    mu = rng.uniform(-2, 2, 500)
+    scale = np.exp(rng.uniform(np.log(0.05), np.log(300), 500))
+    got = offsets(torch.tensor(q + mu), torch.tensor(scale), torch.tensor(mu)).detach().numpy() - (q + mu)
+
+    class Model:
+        recon_offsets = offsets.table.detach().numpy().astype(np.float64)
+
+    level = np.searchsorted(SCALE_THRESHOLDS, scale, side="right")  # the runtime's scale index
+    np.testing.assert_allclose(got, codec.reconstruction_offset(Model(), q, level), atol=1e-6)
+    assert np.all(got[q == 0] == 0)
+
+
+def test_a_run_resumes_with_offsets_added_and_keeps_its_moments() -> None:
+    old = DCVModel(**SMALL)
+    opt = torch.optim.Adam(old.parameters(), lr=1e-4)
+    old(torch.rand(1, 3, 64, 64), torch.tensor([0]))["x_hat"].mean().backward()
+    opt.step()
+    new = DCVModel(**SMALL, reconstruction_offsets=True)
+    assert load_run_weights(new, old.state_dict()) == ["reconstruction.table"]
+    assert torch.equal(new.g_s[0].weight, old.g_s[0].weight)
+    optim = {"offsets_lr_scale": 20}
+    resumed = torch.optim.Adam(parameter_groups(new, optim), lr=1e-4)
+    resumed.load_state_dict(extend_optimizer_state(opt.state_dict(), new, optim))
+    assert [len(g["params"]) for g in resumed.param_groups] == [len(list(old.parameters())), 1]
+    assert resumed.param_groups[1]["lr_scale"] == 20
+    first = next(iter(new.parameters()))
+    assert torch.equal(resumed.state[first]["exp_avg"], opt.state[next(iter(old.parameters()))]["exp_avg"])
+    with pytest.raises(RuntimeError):  # a missing tensor that is not at the end is not an addition
+        load_run_weights(new, {k: v for k, v in old.state_dict().items() if not k.startswith("g_s.0.")})
