@@ -193,11 +193,12 @@ def decode_tile(model: Model, tile: dict, height: int, width: int) -> np.ndarray
 def reconstruction_offset(model: Model, symbols: np.ndarray, scale_index: np.ndarray) -> np.ndarray | float:
     """Where in its bin the synthesis takes each latent: sign(q) * offset[min(|q|, 3) - 1, scale
     index], and 0 for q = 0 (spec section 5.6); 0 for models without the table."""
-    if model.recon_offsets is None:
+    table = model.recon_offsets
+    if table is None:
         return 0.0
-    magnitude = np.minimum(np.abs(symbols), len(model.recon_offsets))
-    table = np.concatenate([np.zeros((1, model.recon_offsets.shape[1])), model.recon_offsets])
-    return np.sign(symbols) * table[magnitude, scale_index]
+    rows, levels = table.shape
+    signed = np.concatenate([-table[::-1], np.zeros((1, levels)), table]).ravel()  # rows for q = -3 .. 3
+    return signed[(np.clip(symbols, -rows, rows) + rows) * levels + scale_index]
 
 
 # -- alpha ---------------------------------------------------------------------------------------
