@@ -49,14 +49,14 @@ def centre_crop(path: Path, side: int = 768) -> np.ndarray:
     return np.asarray(im.crop((x0, y0, x0 + cw, y0 + ch)))
 
 
-def curve(model_id: str, photos: list[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Mean bpp (real bytes) and mean RGB PSNR per quality."""
+def curve(model_id: str, photos: list[np.ndarray], encode=codec.encode) -> tuple[list[float], list[float]]:
+    """Mean bpp (real bytes) and mean RGB PSNR per quality (`encode`: codec.encode or a variant of it)."""
     rates, psnrs = [], []
     for q in QUALITIES:
         bits = pixels = 0
         values = []
         for a in photos:
-            data = codec.encode(a, "RGB", q, model_id=model_id)
+            data = encode(a, "RGB", q, model_id=model_id)
             decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
             bits += 8 * len(data)
             pixels += a.shape[0] * a.shape[1]

@@ -23,15 +23,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "training"))
 
-from compare_models import QUALITIES, centre_crop, held_out_photos  # noqa: E402
-from rd_benchmark import bd_rate, psnr  # noqa: E402
+from compare_models import QUALITIES, centre_crop, curve, held_out_photos  # noqa: E402
+from rd_benchmark import bd_rate  # noqa: E402
 
 from pillow_dcv import codec  # noqa: E402
 from pillow_dcv.models import get_model  # noqa: E402
@@ -103,22 +102,6 @@ def model_lambdas(model) -> list[float]:
     return json.loads((model.folder / "model.json").read_text())["config"]["lambdas"]
 
 
-def curve(model, photos, encode_with) -> tuple[list[float], list[float]]:
-    rates, psnrs = [], []
-    for q in QUALITIES:
-        bits = pixels = 0
-        values = []
-        for a in photos:
-            data = encode_with(a, q)
-            decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-            bits += 8 * len(data)
-            pixels += a.shape[0] * a.shape[1]
-            values.append(psnr(a, decoded))
-        rates.append(bits / pixels)
-        psnrs.append(float(np.mean(values)))
-    return rates, psnrs
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -144,24 +127,24 @@ def main() -> None:
     for q in QUALITIES:
         print(f"q{q} w_c: median {np.median(weights[q]):.4g}, range {weights[q].min():.3g}..{weights[q].max():.3g}")
 
-    plain = curve(model, photos, lambda a, q: codec.encode(a, "RGB", q, model_id=model.model_id))
+    plain = curve(model.model_id, photos)
     print("plain", " ".join(f"{r:.4f}/{p:.3f}" for r, p in zip(*plain)), flush=True)
     original = codec.quantise_latent
     for kappa in args.kappa:
         quantise, state = rdoq(model, weights, kappa)
 
-        def encode_with(a, q, quantise=quantise, state=state):
+        def encode_with(a, mode, q, model_id, quantise=quantise, state=state):
             def patched(model_, y, acc, part):
                 state["latent_shape"] = (model.latent_channels, codec.padded_size(a.shape[0]) // 16,
                                          codec.padded_size(a.shape[1]) // 16)
                 return quantise(model_, y, acc, part, float(q))
             codec.quantise_latent = patched
             try:
-                return codec.encode(a, "RGB", q, model_id=model.model_id)
+                return codec.encode(a, mode, q, model_id=model_id)
             finally:
                 codec.quantise_latent = original
 
-        test = curve(model, photos, encode_with)
+        test = curve(model.model_id, photos, encode_with)
         print(f"kappa {kappa}", " ".join(f"{r:.4f}/{p:.3f}" for r, p in zip(*test)))
         print(f"kappa {kappa}: BD-rate {bd_rate(plain[0], plain[1], test[0], test[1]):+.2f} %", flush=True)
 
