@@ -51,3 +51,36 @@ def test_a_run_resumes_with_offsets_added_and_keeps_its_moments() -> None:
     assert torch.equal(resumed.state[first]["exp_avg"], opt.state[next(iter(old.parameters()))]["exp_avg"])
     with pytest.raises(RuntimeError):  # a missing tensor that is not at the end is not an addition
         load_run_weights(new, {k: v for k, v in old.state_dict().items() if not k.startswith("g_s.0.")})
+
+
+def test_a_run_resumes_with_a_latent_mlp_added_and_keeps_its_output_and_moments() -> None:
+    old = DCVModel(**SMALL, reconstruction_offsets=True)
+    optim = {"offsets_lr_scale": 20}
+    opt = torch.optim.Adam(parameter_groups(old, optim), lr=1e-4)
+    x, q = torch.rand(1, 3, 64, 64), torch.tensor([0])
+    old(x, q)["x_hat"].mean().backward()
+    opt.step()
+    new = DCVModel(**SMALL, reconstruction_offsets=True, synthesis_latent_mlp=16)
+    names = [f"latent_mlp.body.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
+    assert load_run_weights(new, old.state_dict()) == names
+    y = torch.randn(1, 8, 4, 4)
+    assert torch.equal(new.synthesise(y), old.synthesise(y))  # the MLP starts as the identity
+    resumed = torch.optim.Adam(parameter_groups(new, optim), lr=1e-4)
+    resumed.load_state_dict(extend_optimizer_state(opt.state_dict(), new, optim))
+    assert [len(g["params"]) for g in resumed.param_groups] == [len(list(old.parameters())) - 1, 1, 4]
+    assert resumed.param_groups[1]["lr_scale"] == 20
+    table_moment = opt.state[old.reconstruction.table]["exp_avg"]
+    assert torch.equal(resumed.state[new.reconstruction.table]["exp_avg"], table_moment)
+    assert new.latent_mlp.body[0].weight not in resumed.state
+
+
+def test_an_analysis_block_added_to_a_run_starts_as_the_identity_in_a_group_of_its_own() -> None:
+    old = DCVModel(**SMALL, reconstruction_offsets=True, synthesis_latent_mlp=16)
+    new = DCVModel(**SMALL, reconstruction_offsets=True, synthesis_latent_mlp=16, analysis_residual=8)
+    added = load_run_weights(new, old.state_dict())
+    assert added and all(name.startswith("analysis_block.") for name in added)
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(new.analyse(x), old.analyse(x))
+    groups = parameter_groups(new, {"offsets_lr_scale": 20})
+    assert [len(g["params"]) for g in groups[2:]] == [4, 4]
+    assert groups[3]["params"][0] is new.analysis_block.body[0].weight

@@ -50,20 +50,20 @@ CALIBRATION_DIR = ROOT.parent / "shared/data/train/debian_wallpapers"  # the fir
 class Analysis(nn.Module):
     def __init__(self, model: DCVModel) -> None:
         super().__init__()
-        self.g_a, self.h_a = model.g_a, model.h_a
+        self.model = model
 
     def forward(self, x: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.g_a(x) * gain
-        return y, self.h_a(y)
+        y = self.model.analyse(x) * gain
+        return y, self.model.h_a(y)
 
 
 class Synthesis(nn.Module):
     def __init__(self, model: DCVModel) -> None:
         super().__init__()
-        self.g_s = model.g_s
+        self.model = model
 
     def forward(self, y_hat: torch.Tensor, inv_gain: torch.Tensor) -> torch.Tensor:
-        return self.g_s(y_hat * inv_gain)
+        return self.model.synthesise(y_hat * inv_gain)
 
 
 def bake_gdn(model: DCVModel) -> None:
@@ -414,7 +414,7 @@ def calibration_latents(model: DCVModel, paths: list[Path]) -> list[tuple[int, t
             img = load_image(p)
             for q in range(len(model.gain)):
                 g, _ = model.gains(torch.tensor([q]))
-                y = model.g_a(img) * g
+                y = model.analyse(img) * g
                 out.append((q, y, torch.round(model.h_a(y))))
     return out
 
@@ -479,9 +479,9 @@ def check(model: DCVModel, out: Path, paths: list[Path], calibration: list[tuple
     for p in paths:
         x = load_image(p)
         with torch.no_grad():
-            y_ref, z_ref = model.g_a(x) * g, None
+            y_ref, z_ref = model.analyse(x) * g, None
             z_ref = model.h_a(y_ref)
-            x_ref = model.g_s(torch.round(y_ref) * ig)
+            x_ref = model.synthesise(torch.round(y_ref) * ig)
         y, z = ana.run(None, {"x": x.numpy(), "gain": g.detach().numpy()})
         (xh,) = syn.run(None, {"y_hat": torch.round(y_ref).numpy(), "inv_gain": ig.detach().numpy()})
         err = (np.abs(y - y_ref.numpy()).max(), np.abs(z - z_ref.numpy()).max(), np.abs(xh - x_ref.numpy()).max())

@@ -164,6 +164,22 @@ class ReconstructionOffsets(nn.Module):
         return y_hat + torch.sign(q) * table[magnitude, level]
 
 
+class LatentMLP(nn.Module):
+    """y + W2 relu(W1 y): a per-position nonlinear map of the (scaled) latent before the synthesis
+    (session 15). The synthesis' 192 -> 96 first layer is linear and its bottleneck (session 7); at
+    latent resolution this costs 2 * m * hidden / 256 multiply-adds per pixel (576 for 384 hidden) and
+    reaches no neighbour, so the tile margin stays. W2 starts at zero: a trained model keeps its output."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
+        nn.init.zeros_(self.body[2].weight)
+        nn.init.zeros_(self.body[2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 def analysis_transform(m: int, channels: tuple[int, ...]) -> nn.Sequential:
     """Four strided 5x5 convolutions, each halving the size, with GDN between them.
 
@@ -234,6 +250,8 @@ class DCVModel(nn.Module):
         context_fusion: bool = False,
         channel_context: int = 0,
         reconstruction_offsets: bool = False,
+        synthesis_latent_mlp: int = 0,
+        analysis_residual: int = 0,
     ) -> None:
         super().__init__()
         self.n, self.m, self.nz, self.nh = n, m, nz, nh
@@ -273,6 +291,25 @@ class DCVModel(nn.Module):
         self.qualities = qualities
         # Registered last, so that a run's optimizer state stays valid when it is added (train.py)
         self.reconstruction = ReconstructionOffsets() if reconstruction_offsets else None
+        # Also after everything else, for the same reason
+        self.latent_mlp = LatentMLP(m, synthesis_latent_mlp) if synthesis_latent_mlp else None
+        # A residual block in the analysis before its last layer (session 15): capacity that costs
+        # encode time only (2 * 96 * hidden * 9 / 64 multiply-adds per pixel at 1/8 resolution)
+        last = tuple(analysis_channels or (n, n, n))[-1]
+        self.analysis_block = ResidualBlock(last, analysis_residual) if analysis_residual else None
+
+    # modules added to a trained model, each its own optimizer group at the end, in this order (train.py)
+    ADDED_MODULES = ("latent_mlp", "analysis_block")
+
+    def analyse(self, x: torch.Tensor) -> torch.Tensor:
+        """The analysis transform (what analysis.onnx holds, before the gain)."""
+        if self.analysis_block is None:
+            return self.g_a(x)
+        return self.g_a[-1](self.analysis_block(self.g_a[:-1](x)))
+
+    def synthesise(self, y_scaled: torch.Tensor) -> torch.Tensor:
+        """The synthesis transform on the latent times the inverse gain (what synthesis.onnx holds)."""
+        return self.g_s(y_scaled if self.latent_mlp is None else self.latent_mlp(y_scaled))
 
     def synthesis_input(self, y_hat: torch.Tensor, scale: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         """The quantised latent as the synthesis takes it: bin centres, or learned offsets in the bins."""
@@ -286,7 +323,7 @@ class DCVModel(nn.Module):
         gain, inv_gain = self.gains(q)
         if frozen_analysis:
             return self._forward_frozen_analysis(x, gain, inv_gain)
-        y = self.g_a(x).float() * gain
+        y = self.analyse(x).float() * gain
         z = self.h_a(y).float()
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
         z_hat = ste_round(z)
@@ -294,7 +331,7 @@ class DCVModel(nn.Module):
         y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         y_lik = gaussian_likelihood(y_noisy - mu, scale)
         z_lik = self.entropy_bottleneck.likelihood(z_noisy)
-        x_hat = self.g_s(self.synthesis_input(y_hat, scale, mu) * inv_gain).float()
+        x_hat = self.synthesise(self.synthesis_input(y_hat, scale, mu) * inv_gain).float()
         return {"x_hat": x_hat, "y_lik": y_lik, "z_lik": z_lik}
 
     def _forward_frozen_analysis(
@@ -305,18 +342,19 @@ class DCVModel(nn.Module):
         will see in a file instead of the noisy proxy. The means still learn from the rate through
         straight-through rounding; the analysis, hyper-analysis and gains get no gradient."""
         with torch.no_grad():
-            y = self.g_a(x).float() * gain
+            y = self.analyse(x).float() * gain
             z_hat = torch.round(self.h_a(y).float())
         y_hat, scale, mu = self.entropy_parameters(y, self.h_s(z_hat).float(), ste_round)
         y_lik = gaussian_likelihood(y_hat - mu, scale)
         z_lik = self.entropy_bottleneck.likelihood(z_hat)
-        x_hat = self.g_s(self.synthesis_input(y_hat, scale, mu) * inv_gain).float()
+        x_hat = self.synthesise(self.synthesis_input(y_hat, scale, mu) * inv_gain).float()
         return {"x_hat": x_hat, "y_lik": y_lik, "z_lik": z_lik}
 
     def freeze_analysis(self) -> None:
         """No gradient for the encoder side (see ``_forward_frozen_analysis``)."""
-        for part in (self.g_a, self.h_a):
-            part.requires_grad_(False)
+        for part in (self.g_a, self.h_a, self.analysis_block):
+            if part is not None:
+                part.requires_grad_(False)
         self.gain.requires_grad_(False)
 
 

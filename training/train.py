@@ -97,12 +97,12 @@ def evaluate(
             x = to_tensor(img[None], device)
             q = torch.tensor([qi], device=device)
             gain, inv_gain = model.gains(q)
-            y = model.g_a(x) * gain
+            y = model.analyse(x) * gain
             z = torch.round(model.h_a(y))
             y_hat, scale, mu = model.entropy_parameters(y, model.h_s(z))
             bits = -torch.log2(gaussian_likelihood(y_hat - mu, scale).clamp_min(1e-9)).sum()
             bits += -torch.log2(model.entropy_bottleneck.likelihood(z).clamp_min(1e-9)).sum()
-            x_hat = model.g_s(model.synthesis_input(y_hat, scale, mu) * inv_gain).clamp(0, 1)
+            x_hat = model.synthesise(model.synthesis_input(y_hat, scale, mu) * inv_gain).clamp(0, 1)
             mse = ((x_hat * 255).round() / 255 - x).pow(2).mean().item()
             bpps.append(bits.item() / (x.shape[2] * x.shape[3]))
             psnrs.append(10 * math.log10(1 / mse))
@@ -199,14 +199,18 @@ def load_run_weights(model: DCVModel, weights: dict[str, torch.Tensor]) -> list[
 
 
 def parameter_groups(model: DCVModel, optim: dict) -> list[dict]:
-    """One group, and the reconstruction offsets apart with `offsets_lr_scale` times the learning rate:
-    a 3 x 64 table that the step size of the 5e-5 floor would take ~10k steps to move by 0.4."""
-    params = list(model.parameters())
-    if model.reconstruction is None:
-        return [{"params": params}]
-    table = model.reconstruction.table
-    return [{"params": [p for p in params if p is not table]},
-            {"params": [table], "lr_scale": float(optim.get("offsets_lr_scale", 1.0))}]
+    """One group; the reconstruction offsets apart with `offsets_lr_scale` times the learning rate (a
+    3 x 64 table that the step size of the 5e-5 floor would take ~10k steps to move by 0.4); and each
+    module added to a trained model (DCVModel.ADDED_MODULES) in a group of its own at the end, so that
+    a run resumed with it keeps every other parameter's moments."""
+    table = [model.reconstruction.table] if model.reconstruction is not None else []
+    added = [list(module.parameters()) for name in model.ADDED_MODULES if (module := getattr(model, name)) is not None]
+    special = {id(p) for p in table + [p for params in added for p in params]}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in special]}]
+    if table:
+        groups.append({"params": table, "lr_scale": float(optim.get("offsets_lr_scale", 1.0))})
+    groups += [{"params": params} for params in added]
+    return groups
 
 
 def extend_optimizer_state(opt_state: dict, model: DCVModel, optim: dict) -> dict:

@@ -73,7 +73,7 @@ def psnr_table(model: DCVModel, table: Table, images: list[np.ndarray]) -> list[
             q = torch.tensor([qi])
             y_hat, scale, mu, inv_gain = latents(model, x, q)
             with torch.no_grad():
-                x_hat = model.g_s(table(y_hat, scale, mu, q) * inv_gain).clamp(0, 1)
+                x_hat = model.synthesise(table(y_hat, scale, mu, q) * inv_gain).clamp(0, 1)
             mse = ((x_hat * 255).round() / 255 - x).pow(2).mean().item()
             values.append(10 * math.log10(1 / mse))
         out.append(float(np.mean(values)))
@@ -118,7 +118,7 @@ def main() -> None:
         t0 = time.time()
         for step in range(args.steps):
             x, qi, y_hat, scale, mu, inv_gain = data[step % len(data)]
-            x_hat = model.g_s(table(y_hat, scale, mu, qi) * inv_gain)
+            x_hat = model.synthesise(table(y_hat, scale, mu, qi) * inv_gain)
             # each sample's MSE weighted by its lambda, as in the RD loss
             lam = torch.tensor(model.lambdas)[qi]
             loss = (lam * (x_hat - x).pow(2).mean((1, 2, 3))).mean() * 255**2
