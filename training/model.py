@@ -164,22 +164,6 @@ class ReconstructionOffsets(nn.Module):
         return y_hat + torch.sign(q) * table[magnitude, level]
 
 
-class LatentMLP(nn.Module):
-    """y + W2 relu(W1 y): a per-position nonlinear map of the (scaled) latent before the synthesis
-    (session 15). The synthesis' 192 -> 96 first layer is linear and its bottleneck (session 7); at
-    latent resolution this costs 2 * m * hidden / 256 multiply-adds per pixel (576 for 384 hidden) and
-    reaches no neighbour, so the tile margin stays. W2 starts at zero: a trained model keeps its output."""
-
-    def __init__(self, channels: int, hidden: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
-        nn.init.zeros_(self.body[2].weight)
-        nn.init.zeros_(self.body[2].bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
 def analysis_transform(m: int, channels: tuple[int, ...]) -> nn.Sequential:
     """Four strided 5x5 convolutions, each halving the size, with GDN between them.
 
@@ -196,12 +180,13 @@ def analysis_transform(m: int, channels: tuple[int, ...]) -> nn.Sequential:
 
 
 class ResidualBlock(nn.Module):
-    """x + conv3x3(relu(conv3x3(x))). The second convolution starts at zero, so a trained model keeps
-    its behaviour when the block is added and the block grows from there."""
+    """x + conv(relu(conv(x))), k x k convolutions (3x3, or 1x1 for a per-position MLP). The second
+    convolution starts at zero, so a trained model keeps its behaviour when the block is added and the
+    block grows from there."""
 
-    def __init__(self, channels: int, hidden: int) -> None:
+    def __init__(self, channels: int, hidden: int, kernel: int = 3) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv(channels, hidden, 3, 1), nn.ReLU(), conv(hidden, channels, 3, 1))
+        self.body = nn.Sequential(conv(channels, hidden, kernel, 1), nn.ReLU(), conv(hidden, channels, kernel, 1))
         nn.init.zeros_(self.body[2].weight)
         nn.init.zeros_(self.body[2].bias)
 
@@ -291,8 +276,10 @@ class DCVModel(nn.Module):
         self.qualities = qualities
         # Registered last, so that a run's optimizer state stays valid when it is added (train.py)
         self.reconstruction = ReconstructionOffsets() if reconstruction_offsets else None
-        # Also after everything else, for the same reason
-        self.latent_mlp = LatentMLP(m, synthesis_latent_mlp) if synthesis_latent_mlp else None
+        # Also after everything else, for the same reason. A latent MLP (session 15): a per-position
+        # nonlinearity before the synthesis' linear 192 -> 96 first layer, its bottleneck (session 7);
+        # 2 * m * hidden / 256 multiply-adds per pixel and no spatial reach, so the tile margin stays
+        self.latent_mlp = ResidualBlock(m, synthesis_latent_mlp, kernel=1) if synthesis_latent_mlp else None
         # A residual block in the analysis before its last layer (session 15): capacity that costs
         # encode time only (2 * 96 * hidden * 9 / 64 multiply-adds per pixel at 1/8 resolution)
         last = tuple(analysis_channels or (n, n, n))[-1]
