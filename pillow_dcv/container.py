@@ -2,14 +2,15 @@
 
 This layer knows nothing about neural networks or Pillow. A file is an 8-byte signature followed
 by chunks; each chunk is ``type (4 ASCII) | length (u32 BE, of data) | data | crc32 (u32 BE, of
-type + length + data)``. Errors leave this module only as :class:`ContainerError` (a
-``ValueError``) with a message saying what is wrong; callers map it to their own conventions.
+type + length + data)``. The file ends right after its last tile chunk: the header says how many
+there are. Errors leave this module only as :class:`ContainerError` (a ``ValueError``) with a
+message saying what is wrong; callers map it to their own conventions.
 """
 
 from __future__ import annotations
 
+import io
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -20,6 +21,7 @@ from construct import (
     Const,
     ConstructError,
     GreedyBytes,
+    GreedyRange,
     Int8ub,
     Int16ub,
     Int32ub,
@@ -27,23 +29,22 @@ from construct import (
     PaddedString,
     Prefixed,
     RawCopy,
-    RepeatUntil,
     Struct,
     Switch,
     Terminated,
-    obj_,
     this,
 )
 
 SIGNATURE = b"\x89DCV\r\n\x1a\n"
-VERSION_MAJOR = 2
-VERSION_MINOR = 3
+VERSION_MAJOR = 3
+VERSION_MINOR = 0
 
 MAX_SIDE = 65535
 MAX_CHUNK_LENGTH = 1 << 30
 MAX_METADATA_LENGTH = 64 << 20
+MODEL_HASH_SIZE = 8  # bytes of the model's SHA-256 a file keeps: enough to tell weights apart
 
-HEADER, TILE, ALPHA, END = b"DHDR", b"TILE", b"ALPH", b"DEND"
+HEADER, TILE, ALPHA = b"DHDR", b"TILE", b"ALPH"
 ICC, EXIF, XMP = b"iCCP", b"eXIf", b"xMPt"
 
 
@@ -61,18 +62,15 @@ Header = Struct(
     "alpha" / Mapping(Int8ub, {False: 0, True: 1}),
     "quality" / Int16ub,  # quality x 256 (8.8 fixed point): 256 .. 2048
     "tile_size" / Int16ub,  # pixels, a multiple of 64
-    "reserved" / Int8ub,  # 0 (version 1 stored a tile overlap here)
     "model_id" / PaddedString(16, "ascii"),
-    "model_hash" / Bytes(32),  # SHA-256 of the model's weight files
+    "model_hash" / Bytes(MODEL_HASH_SIZE),  # the first bytes of the SHA-256 of the model's files
     "coder" / Mapping(Int8ub, {"ans32": 1}),  # constriction AnsCoder, 32-bit words, little-endian
     Terminated,
 )
 
 Tile = Struct(
-    "index" / Int32ub,
-    "symbols_crc" / Int32ub,  # CRC-32 of the decoded symbols (z then y, int32 little-endian)
-    "z_stream" / Prefixed(Int32ub, GreedyBytes),
-    "y_stream" / GreedyBytes,
+    "symbols_crc" / Int32ub,  # CRC-32 of the tile's index and its decoded symbols
+    "stream" / GreedyBytes,  # one rANS stream: z, then the parts of y
 )
 
 Alpha = Struct(
@@ -84,7 +82,7 @@ ChunkBody = Struct(
     "type" / Bytes(4),
     "data" / Prefixed(
         Int32ub,
-        Switch(this.type, {HEADER: Header, TILE: Tile, ALPHA: Alpha, END: Terminated}, default=GreedyBytes),
+        Switch(this.type, {HEADER: Header, TILE: Tile, ALPHA: Alpha}, default=GreedyBytes),
     ),
 )
 
@@ -97,14 +95,19 @@ ChunkHead = Struct("type" / Bytes(4), "length" / Int32ub)
 
 DCVFile = Struct(
     "signature" / Const(SIGNATURE),
-    "chunks" / RepeatUntil(obj_.body.value.type == END, Chunk),
-    Terminated,
+    "chunks" / GreedyRange(Chunk),  # for building; reading walks the chunks with checks (scan)
 )
 
 
 def is_critical(chunk_type: bytes) -> bool:
     """Like PNG: an upper-case first letter marks a chunk a decoder must understand."""
     return chunk_type[:1].isupper()
+
+
+def tile_count(header: dict) -> int:
+    """Tiles in the grid of a checked header: counted, not listed, so a hostile size costs nothing."""
+    t = header["tile_size"]
+    return -(-header["width"] // t) * -(-header["height"] // t)
 
 
 @dataclass
@@ -125,7 +128,7 @@ def chunk(chunk_type: bytes, data: object) -> dict:
 
 
 def build(container: Container) -> bytes:
-    """Chunks in the order the spec requires: header, metadata, alpha, tiles, end."""
+    """Chunks in the order the spec requires: header, metadata, alpha, tiles."""
     chunks = [chunk(HEADER, container.header)]
     for chunk_type, payload in ((ICC, container.icc_profile), (EXIF, container.exif), (XMP, container.xmp)):
         if payload is not None:
@@ -134,7 +137,6 @@ def build(container: Container) -> bytes:
     if container.alpha is not None:
         chunks.append(chunk(ALPHA, container.alpha))
     chunks += [chunk(TILE, t) for t in container.tiles]
-    chunks.append(chunk(END, None))
     try:
         return DCVFile.build({"chunks": chunks})
     except ConstructError as e:
@@ -142,14 +144,11 @@ def build(container: Container) -> bytes:
 
 
 def parse(data: bytes) -> Container:
-    """Parse and check a whole file held in memory."""
-    if not data.startswith(SIGNATURE):
-        raise ContainerError("not a DCV file (bad signature)")
-    try:
-        parsed = DCVFile.parse(data)
-    except ConstructError as e:
-        raise ContainerError(f"damaged DCV file: {_reason(e)}") from None
-    return _assemble((c.body.value.type, c.body.value.data) for c in parsed.chunks)
+    """Parse and check a whole file held in memory, tiles included."""
+    fp = io.BytesIO(data)
+    index = scan(fp)
+    index.container.tiles = [_plain(read_chunk(fp, offset, size)[1]) for offset, size in index.tile_offsets]
+    return index.container
 
 
 @dataclass
@@ -168,37 +167,50 @@ def scan(fp: BinaryIO) -> Index:
     before anything is read, so a damaged length never causes a large allocation.
     """
     start = fp.tell()
-    fp.seek(0, 2)
     end = fp.seek(0, 2)
     fp.seek(start)
     if fp.read(len(SIGNATURE)) != SIGNATURE:
         raise ContainerError("not a DCV file (bad signature)")
-    chunks: list[tuple[bytes, object]] = []
-    tile_offsets: list[tuple[int, int]] = []
     chunk_table: list[tuple[bytes, int, int]] = []
-    while True:
+
+    def next_chunk() -> tuple[bytes, int, int] | None:
         offset = fp.tell()
         head_bytes = fp.read(ChunkHead.sizeof())
+        if not head_bytes:
+            return None
         if len(head_bytes) < ChunkHead.sizeof():
-            raise ContainerError("truncated DCV file (missing end chunk)")
+            raise ContainerError(f"truncated chunk at offset {offset}")
         head = ChunkHead.parse(head_bytes)
         size = ChunkHead.sizeof() + head.length + 4
         if head.length > MAX_CHUNK_LENGTH or offset + size > end:
             raise ContainerError(f"truncated or damaged chunk {head.type!r} at offset {offset}")
-        chunk_table.append((head.type, offset, size))
         if head.type != TILE and head.length > MAX_METADATA_LENGTH:
             raise ContainerError(f"chunk {head.type!r} at offset {offset} is too large")
-        if head.type == TILE:
+        chunk_table.append((head.type, offset, size))
+        return head.type, offset, size
+
+    first = next_chunk()
+    if first is None or first[0] != HEADER:
+        raise ContainerError("the first chunk must be DHDR")
+    container = Container(header=_checked_header(read_chunk(fp, first[1], first[2])[1]))
+    expected = tile_count(container.header)
+    tile_offsets: list[tuple[int, int]] = []
+    while len(tile_offsets) < expected:
+        found = next_chunk()
+        if found is None:
+            raise ContainerError(f"truncated DCV file: expected {expected} tiles, found {len(tile_offsets)}")
+        chunk_type, offset, size = found
+        if chunk_type == TILE:
             tile_offsets.append((offset, size))
             fp.seek(offset + size)
-            chunks.append((TILE, None))
-            continue
-        chunks.append(read_chunk(fp, offset, size))
-        if head.type == END:
-            if fp.tell() != end:
-                raise ContainerError("data after the end chunk")
-            break
-    container = _assemble(chunks)
+        elif tile_offsets:
+            raise ContainerError(f"chunk {chunk_type!r} after the first TILE")
+        else:
+            _add_chunk(container, *read_chunk(fp, offset, size))
+    if fp.tell() != end:
+        raise ContainerError(f"data after the last tile (the header announces {expected})")
+    if container.header["alpha"] and container.alpha is None:
+        raise ContainerError("header announces alpha but there is no ALPH chunk")
     return Index(container, tile_offsets, chunk_table)
 
 
@@ -222,51 +234,32 @@ def verify(fp: BinaryIO) -> None:
         read_chunk(fp, offset, size)
 
 
-def _assemble(chunks: Iterator[tuple[bytes, object]] | list) -> Container:
-    """Apply the ordering rules of spec/format.md section 3 to a sequence of chunks."""
-    chunks = list(chunks)
-    if not chunks or chunks[0][0] != HEADER:
-        raise ContainerError("the first chunk must be DHDR")
-    header = dict(chunks[0][1])
-    header.pop("_io", None)
+def _checked_header(data: object) -> dict:
+    header = _plain(data)
     if header["version_major"] != VERSION_MAJOR:
         raise ContainerError(f"unsupported DCV version {header['version_major']}.{header['version_minor']}")
     if header["tile_size"] == 0 or header["tile_size"] % 64:
         raise ContainerError(f"invalid tile size {header['tile_size']}")
-    if header["reserved"] != 0:
-        raise ContainerError("reserved header byte is not 0")
-    container = Container(header=header)
-    seen_tile = False
-    for chunk_type, data in chunks[1:]:
-        if chunk_type == END:
-            break
-        if chunk_type == TILE:
-            seen_tile = True
-            if data is not None:
-                container.tiles.append(_plain(data))
-            continue
-        if seen_tile:
-            raise ContainerError(f"chunk {chunk_type!r} after the first TILE")
-        if chunk_type == HEADER:
-            raise ContainerError("more than one DHDR chunk")
-        elif chunk_type == ALPHA:
-            if container.alpha is not None or not header["alpha"]:
-                raise ContainerError("unexpected ALPH chunk")
-            container.alpha = _plain(data)
-        elif chunk_type in (ICC, EXIF, XMP):
-            attr = {ICC: "icc_profile", EXIF: "exif", XMP: "xmp"}[chunk_type]
-            if getattr(container, attr) is not None:
-                raise ContainerError(f"more than one {chunk_type!r} chunk")
-            if len(data) > MAX_METADATA_LENGTH:
-                raise ContainerError(f"{chunk_type!r} chunk too large")
-            setattr(container, attr, bytes(data))
-        elif is_critical(chunk_type):
-            raise ContainerError(f"unknown critical chunk {chunk_type!r}")
-        else:
-            container.unknown.append((chunk_type, bytes(data)))
-    if header["alpha"] and container.alpha is None:
-        raise ContainerError("header announces alpha but there is no ALPH chunk")
-    return container
+    return header
+
+
+def _add_chunk(container: Container, chunk_type: bytes, data: object) -> None:
+    """A chunk before the first TILE: the ordering and count rules of spec/format.md section 3.4."""
+    if chunk_type == HEADER:
+        raise ContainerError("more than one DHDR chunk")
+    if chunk_type == ALPHA:
+        if container.alpha is not None or not container.header["alpha"]:
+            raise ContainerError("unexpected ALPH chunk")
+        container.alpha = _plain(data)
+    elif chunk_type in (ICC, EXIF, XMP):
+        attr = {ICC: "icc_profile", EXIF: "exif", XMP: "xmp"}[chunk_type]
+        if getattr(container, attr) is not None:
+            raise ContainerError(f"more than one {chunk_type!r} chunk")
+        setattr(container, attr, bytes(data))
+    elif is_critical(chunk_type):
+        raise ContainerError(f"unknown critical chunk {chunk_type!r}")
+    else:
+        container.unknown.append((chunk_type, bytes(data)))
 
 
 def _plain(data: object) -> dict:

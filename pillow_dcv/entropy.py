@@ -3,8 +3,8 @@
 Every table is a vector of integer counts (>= 1) stored in the model file, so the coded stream
 depends only on integers: the same bytes on every machine. Symbols that share a table are coded
 in one call; the decoder knows each symbol's table from the (integer-exact) prior and groups the
-same way. A stream may hold several parts (the checkerboard's anchors, then the rest), decoded
-in order because the tables of a part depend on the symbols of the parts before it.
+same way. A stream holds several parts (a tile's hyper-latent, then the checkerboard's anchors,
+then the rest), decoded in order because the tables of a part depend on the symbols before it.
 """
 
 from __future__ import annotations
@@ -55,13 +55,14 @@ def _groups(table: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
     return order, groups.tolist(), bounds
 
 
-def encode(parts: list[tuple[np.ndarray, np.ndarray]], tables: Tables) -> bytes:
-    """Code parts ``(symbols, table)`` (symbols already inside their supports, symbol i of a part
-    uses table ``table[i]``) into one stream, from which :class:`Decoder` reads them in order."""
+def encode(parts: list[tuple[np.ndarray, np.ndarray, Tables]]) -> bytes:
+    """Code parts ``(symbols, table, tables)`` (symbols already inside their supports, symbol i of a
+    part uses ``tables`` number ``table[i]``) into one stream, from which :class:`Decoder` reads
+    them in order."""
     c = _constriction()
     coder = c.stream.stack.AnsCoder()
     # ANS is a stack: push everything in reverse so the decoder pops parts and groups in order.
-    for symbols, table in reversed(parts):
+    for symbols, table, tables in reversed(parts):
         symbols = symbols.ravel()
         order, groups, bounds = _groups(table.ravel())
         for g in range(len(groups) - 1, -1, -1):

@@ -80,19 +80,14 @@ def decode_part(dec: ReferenceDecoder, tables, table_of: np.ndarray, steps: list
     return out
 
 
-def decode_stream(data: bytes, tables, table_of: np.ndarray) -> tuple[np.ndarray, ReferenceDecoder, list]:
-    """A stream of one part (the z stream)."""
-    dec, steps = ReferenceDecoder(data), []
-    out = decode_part(dec, tables, table_of.ravel(), steps)
-    assert dec.state == 0 and not dec.words, "stream did not end cleanly"
-    return out.reshape(table_of.shape), dec, steps
-
-
-def decode_latent(data: bytes, model, z: np.ndarray):
-    """Section 7.3: the parts in order (6.1, 6.2), each with the tables that the symbols before it give."""
+def decode_tile_stream(data: bytes, model, cz: int):
+    """Sections 7.3 and 6: z, then the parts of y in order (6.1, 6.2), each with the tables that
+    the symbols before it give; one stream, which must end cleanly after the last part."""
+    dec, zsteps, ysteps = ReferenceDecoder(data), [], []
+    z = decode_part(dec, model.z_tables, np.arange(cz), zsteps).reshape(cz, 1, 1)
+    z_pops = len(dec.pops)
     acc = model.prior.hyper(z)
     _, hyper_index = model.prior.tables(acc)
-    dec, steps = ReferenceDecoder(data), []
     y = np.zeros(hyper_index.shape, dtype=np.int64)
     part_sizes = []
     for part, update in model.prior.stages(y.shape):
@@ -100,10 +95,10 @@ def decode_latent(data: bytes, model, z: np.ndarray):
             acc = update(acc, y)
         mu, scale_index = model.prior.tables(acc)
         mask = part.mask(y.shape)
-        y[mask] = decode_part(dec, model.y_tables, scale_index[mask], steps)
+        y[mask] = decode_part(dec, model.y_tables, scale_index[mask], ysteps)
         part_sizes.append(int(mask.sum()))
     assert dec.state == 0 and not dec.words, "stream did not end cleanly"
-    return y, mu, hyper_index, scale_index, dec, steps, part_sizes
+    return z, y, mu, hyper_index, scale_index, dec, z_pops, zsteps, ysteps, part_sizes
 
 
 def hexdump(data: bytes) -> str:
@@ -131,17 +126,19 @@ def section() -> str:
     _, tile = container.read_chunk(io.BytesIO(data), tile_offset, tile_size)
 
     cz = len(model.z_tables.offsets)
-    z_channel = np.broadcast_to(np.arange(cz)[:, None, None], (cz, 1, 1))
-    z, zdec, zsteps = decode_stream(tile["z_stream"], model.z_tables, z_channel)
-    y, mu, hyper_index, scale_index, ydec, ysteps, part_sizes = decode_latent(tile["y_stream"], model, z)
+    stream = tile["stream"]
+    z, y, mu, hyper_index, scale_index, dec, z_pops, zsteps, ysteps, part_sizes = decode_tile_stream(
+        stream, model, cz
+    )
     changed = int((hyper_index != scale_index).sum())
-    crc = zlib.crc32(y.astype("<i4").tobytes(), zlib.crc32(z.astype("<i4").tobytes()))
+    crc = zlib.crc32(struct.pack("<I", 0))
+    crc = zlib.crc32(y.astype("<i4").tobytes(), zlib.crc32(z.astype("<i4").tobytes(), crc))
     assert crc == tile["symbols_crc"]
     pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).reshape(-1, 3).mean(axis=0)
 
     mid = header["model_id"].encode()
-    zlen = len(tile["z_stream"])
-    ylen = len(tile["y_stream"])
+    n = len(stream)
+    hash_size = container.MODEL_HASH_SIZE
     t0 = tile_offset  # chunk start: type at t0, length at t0 + 4, payload at t0 + 8
     rows = [
         ("0x00", h(data[0:8]), "signature", ""),
@@ -155,25 +152,18 @@ def section() -> str:
         ("0x17", h(data[23:24]), "alpha", "none → mode `RGB`"),
         ("0x18", h(data[24:26]), "quality", f"{header['quality']} → {header['quality'] / 256}"),
         ("0x1A", h(data[26:28]), "tile_size", str(header["tile_size"])),
-        ("0x1C", h(data[28:29]), "reserved", "0"),
-        ("0x1D", h(data[29 : 29 + len(mid)]) + f" + {16 - len(mid)} × `00`", "model_id", f"`{header['model_id']}`"),
-        ("0x2D", h(data[45:49]) + " … " + h(data[74:77]) + " (32 bytes)", "model_hash",
-         f"SHA-256 of the model files: `{header['model_hash'].hex()}`"),
-        ("0x4D", h(data[77:78]), "coder", "ans32"),
-        ("0x4E", h(data[78:82]), "CRC-32 of bytes 0x08–0x4D", ""),
+        ("0x1C", h(data[28 : 28 + len(mid)]) + f" + {16 - len(mid)} × `00`", "model_id", f"`{header['model_id']}`"),
+        ("0x2C", h(data[44 : 44 + hash_size]), "model_hash",
+         f"the first {hash_size} bytes of the SHA-256 of the model files, `{model.hash.hex()}`"),
+        ("0x34", h(data[52:53]), "coder", "ans32"),
+        ("0x35", h(data[53:57]), "CRC-32 of bytes 0x08–0x34", ""),
         (f"0x{t0:02X}", h(data[t0 : t0 + 4]), "chunk type", "`TILE`"),
-        (f"0x{t0 + 4:02X}", h(data[t0 + 4 : t0 + 8]), "length", f"{tile_size - 12} = 12 + {zlen} + {ylen}"),
-        (f"0x{t0 + 8:02X}", h(data[t0 + 8 : t0 + 12]), "index", "0 (one 64 × 64 cell)"),
-        (f"0x{t0 + 12:02X}", h(data[t0 + 12 : t0 + 16]), "symbols_crc", f"0x{tile['symbols_crc']:08X}"),
-        (f"0x{t0 + 16:02X}", h(data[t0 + 16 : t0 + 20]), "z_length", f"{zlen} bytes = {zlen // 4} words"),
-        (f"0x{t0 + 20:02X}", h(tile["z_stream"]), "z_stream", f"{z.size} symbols (Cz × 1 × 1)"),
-        (f"0x{t0 + 20 + zlen:02X}", h(tile["y_stream"]), "y_stream",
-         f"{ylen} bytes = {ylen // 4} words; {y.size} symbols ({y.shape[0]} × 4 × 4)"),
+        (f"0x{t0 + 4:02X}", h(data[t0 + 4 : t0 + 8]), "length", f"{tile_size - 12} = 4 + {n}"),
+        (f"0x{t0 + 8:02X}", h(data[t0 + 8 : t0 + 12]), "symbols_crc", f"0x{tile['symbols_crc']:08X}"),
+        (f"0x{t0 + 12:02X}", h(stream), "stream",
+         f"{n} bytes = {n // 4} words; {z.size} + {y.size} symbols (Cz × 1 × 1, then {y.shape[0]} × 4 × 4)"),
         (f"0x{t0 + tile_size - 4:02X}", h(data[t0 + tile_size - 4 : t0 + tile_size]),
          f"CRC-32 of bytes 0x{t0:02X}–0x{t0 + tile_size - 5:02X}", ""),
-        (f"0x{len(data) - 12:02X}", h(data[-12:-8]), "chunk type", "`DEND`"),
-        (f"0x{len(data) - 8:02X}", h(data[-8:-4]), "length", "0"),
-        (f"0x{len(data) - 4:02X}", h(data[-4:]), "CRC-32 of `DEND\\0\\0\\0\\0`", "(the same in every file)"),
     ]
     table = "| Offset | Bytes | Field | Value |\n|---|---|---|---|\n" + "\n".join(
         f"| {o} | `{b}` | {f} | {v} |" if "…" not in b and "×" not in b else f"| {o} | {b} | {f} | {v} |"
@@ -185,8 +175,9 @@ def section() -> str:
     n0, total0 = len(zt.counts[k0]), int(zt.counts[k0].sum())
     zero = int((z == 0).sum())
     nonzero = ", ".join(f"{c}: {int(z[c, 0, 0]):+d}" for c in np.flatnonzero(z[:, 0, 0] != 0))
-    ypops = ", ".join(f"0x{w:08X} after {n} symbols" for n, w in ydec.pops[2:]) or "none"
-    zpops = ", ".join(f"0x{w:08X} after {n} symbols" for n, w in zdec.pops[2:]) or "none"
+    initial_pops = next((i for i, (count, _) in enumerate(dec.pops) if count > 0), len(dec.pops))
+    zpops = ", ".join(f"0x{w:08X} after {c} symbols" for c, w in dec.pops[initial_pops:z_pops]) or "none"
+    ypops = ", ".join(f"0x{w:08X} after {c} symbols" for c, w in dec.pops[max(z_pops, initial_pops):]) or "none"
     ky, iy, yfirst = ysteps[0]
     yt0 = model.y_tables
     ynz = [(tuple(int(v) for v in np.unravel_index(i, y.shape)), int(y.ravel()[i]), int(scale_index.ravel()[i]))
@@ -201,17 +192,18 @@ def section() -> str:
     value_y = yfirst["s"] + int(yt0.offsets[ky])
     narrative = f"""Decoding the tile. The image is padded to 64 × 64, one cell, so z has shape ({cz}, 1, 1) and y
 has shape ({y.shape[0]}, 4, 4). The numbers below come from `spec/worked_example.py`, which decodes
-the streams with a plain reading of section 7 (no constriction) and checks the result against the
+the stream with a plain reading of section 7 (no constriction) and checks the result against the
 reference codec.
 
-- z stream: the initial state is 0x{zdec.initial_state:X} (the last word is popped first, then
-  words while the state is below 2^32). Symbol (0, 0, 0) uses `z` table {k0}: n = {n0},
+- The stream's initial state is 0x{dec.initial_state:X} (the last word is popped first, then
+  words while the state is below 2^32).
+- z: symbol (0, 0, 0) uses `z` table {k0}: n = {n0},
   N = {total0:,}, offset {int(zt.offsets[k0])}. q = 0x{first['q']:X} lies in
   [L_{s0}, L_{s0 + 1}) = [{lo0:,}, {hi0:,}), so the index is {s0} and the value
-  is {s0 + int(zt.offsets[k0]):+d}. The new state is 0x{first['new_state']:X}. Further words popped: {zpops}.
-  After the last symbol the state is 0 with no words left. {zero} of the {z.size} `z` symbols are 0;
+  is {s0 + int(zt.offsets[k0]):+d}. The new state is 0x{first['new_state']:X}. Words popped while
+  decoding z: {zpops}. {zero} of the {z.size} `z` symbols are 0;
   the others are (channel: value) {nonzero}.
-- The prior of this z (section 6) gives the first part its tables. The y stream holds
+- The prior of this z (section 6) gives the first part of y its tables. y comes in
   {len(part_sizes)} parts of {", ".join(map(str, part_sizes))} symbols (section 7.3): the anchors (row + column
   even) of channels 0..{y.shape[0] // 2 - 1}, the anchors of the other half (6.2), the non-anchors of the first half
   (6.1), and those of the second half (6.1 and 6.2). The contexts change the table of {changed} of the
@@ -219,13 +211,14 @@ reference codec.
   `scale_index` runs from {int(used.min())} to {int(used.max())}
   ({int((scale_index == used.min()).sum())} of the {y.size} latents use table {int(used.min())}) and mu
   from {float(mu.min()):.2f} to {float(mu.max()):.2f}.
-- y stream: the initial state is 0x{ydec.initial_state:X}. Its first symbol (table {ky}, counts
+- y: the first symbol (table {ky}, counts
   `{counts_y}{more_y}`, offset {int(yt0.offsets[ky])}) has
   q = 0x{yfirst['q']:X}, index {yfirst['s']}, value {value_y:+d}. In each part, the tables that
-  occur are decoded in ascending table order; further words popped:
-  {ypops}. The non-zero `y` symbols (position (channel, row, column) = value): {ynz_text or 'none'}.
-  The state ends at 0.
-- CRC-32 of the {z.size} + {y.size} symbols as little-endian int32 = 0x{crc:08X} = `symbols_crc`.
+  occur are decoded in ascending table order; words popped while decoding y (counting symbols from
+  the start of the stream): {ypops}. The non-zero `y` symbols (position (channel, row, column) =
+  value): {ynz_text or 'none'}. After the last symbol the state is 0 with no words left.
+- CRC-32 of the tile index 0 (4 bytes, little-endian) and the {z.size} + {y.size} symbols as
+  little-endian int32 = 0x{crc:08X} = `symbols_crc`.
 - Synthesis of `y_hat = y + mu` (plus the reconstruction offsets of the non-zero symbols, section 5.6)
   gives the 16 × 16 image. At quality 1 it is not uniform: with the
   reference runtime the mean pixel is about ({pixels[0]:.0f}, {pixels[1]:.0f}, {pixels[2]:.0f}), against
@@ -240,7 +233,7 @@ Made with (regenerate this section with `python spec/worked_example.py`):
 ```
 
 The model was `{header['model_id']}`, the trained model shipped in `pillow_dcv/models/`. **The payload
-bytes (`model_hash`, `symbols_crc`, the two streams, and the CRCs that cover them) depend on the
+bytes (`model_hash`, `symbols_crc`, the stream, and the CRCs that cover them) depend on the
 model weights.** Another model, or retrained weights, gives other bytes with the same structure.
 The file is {len(data)} bytes:
 

@@ -425,33 +425,47 @@ def test_flipped_scale_index_is_reported_not_shown(photo, monkeypatch: pytest.Mo
         codec.decode(io.BytesIO(data), info)
 
 
+def test_swapped_tiles_are_reported_not_shown(photo) -> None:
+    """Tiles store no index: the symbols CRC covers the tile's position, so two whole, valid tile
+    chunks of the same size that trade places fail their checks instead of showing a shuffled picture."""
+    pixels = np.asarray(photo)[:64, :128]
+    data, info = encode(pixels, 4, tile_size=64)
+    (a, a_size), (b, b_size) = info.index.tile_offsets
+    assert b == a + a_size and b + b_size == len(data)
+    swapped = data[:a] + data[b:] + data[a:b]
+    info = codec.read_info(io.BytesIO(swapped))  # the container is still well formed
+    with pytest.raises(OSError, match="tile 0: decoded symbols do not match their checksum"):
+        codec.decode(io.BytesIO(swapped), info)
+
+
 def test_entropy_coder_roundtrip_and_clamping() -> None:
     tables = get_model().y_tables
     rng = np.random.default_rng(3)
     index = rng.integers(0, len(tables.offsets), 5000)
     symbols = tables.clamp(np.rint(rng.normal(0, 3, 5000)).astype(np.int64) * 50, index)
     assert np.all(symbols >= tables.lows[index]) and np.all(symbols <= tables.highs[index])
-    data = entropy.encode([(symbols, index)], tables)
+    data = entropy.encode([(symbols, index, tables)])
     assert np.array_equal(entropy.decode(data, index, tables), symbols)
     with pytest.raises(ValueError):
         entropy.decode(data[:-3], index, tables)
 
 
 def test_entropy_stream_parts_decode_in_order() -> None:
-    """The checkerboard's two parts share one stream; the decoder reads them one after the other."""
-    tables = get_model().y_tables
+    """A tile's z and the parts of its y share one stream, each part with its own family of tables;
+    the decoder reads them one after the other."""
+    model = get_model()
     rng = np.random.default_rng(5)
     parts = []
-    for n in (700, 300):
+    for n, tables in ((128, model.z_tables), (700, model.y_tables), (300, model.y_tables)):
         index = rng.integers(0, len(tables.offsets), n)
-        parts.append((tables.clamp(np.rint(rng.normal(0, 4, n)).astype(np.int64), index), index))
-    data = entropy.encode(parts, tables)
+        parts.append((tables.clamp(np.rint(rng.normal(0, 4, n)).astype(np.int64), index), index, tables))
+    data = entropy.encode(parts)
     decoder = entropy.Decoder(data)
-    for symbols, index in parts:
+    for symbols, index, tables in parts:
         assert np.array_equal(decoder.decode(index, tables), symbols)
     decoder.finish()
     decoder = entropy.Decoder(data)
-    decoder.decode(parts[0][1], tables)
+    decoder.decode(parts[0][1], parts[0][2])
     with pytest.raises(ValueError, match="left over"):
         decoder.finish()
 
@@ -541,7 +555,7 @@ def test_reconstruction_offsets_shift_each_latent_by_its_symbol_and_scale(
     _, tile = codec.container.read_chunk(io.BytesIO(data), *info.index.tile_offsets[0])
     h, w = codec.padded_size(info.height), codec.padded_size(info.width)
     monkeypatch.setattr(model, "recon_offsets", None)
-    plain = codec.decode_tile(model, tile, h, w).astype(np.float64)
+    plain = codec.decode_tile(model, tile, 0, h, w).astype(np.float64)
 
     decoded_parts = []  # (symbols, table index): z's, then each part of y's in coding order
     original = entropy.Decoder.decode
@@ -554,7 +568,7 @@ def test_reconstruction_offsets_shift_each_latent_by_its_symbol_and_scale(
     monkeypatch.setattr(entropy.Decoder, "decode", recording)
     table = np.stack([np.full(64, -0.25), np.full(64, -0.125), np.linspace(-0.5, 0.5, 64)])
     monkeypatch.setattr(model, "recon_offsets", table)
-    moved = codec.decode_tile(model, tile, h, w).astype(np.float64)
+    moved = codec.decode_tile(model, tile, 0, h, w).astype(np.float64)
 
     q = np.zeros(plain.shape, dtype=np.int64)
     level = np.zeros(plain.shape, dtype=np.int64)

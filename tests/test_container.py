@@ -20,22 +20,15 @@ headers = st.fixed_dictionaries(
         "alpha": st.booleans(),
         "quality": st.integers(256, 2048),
         "tile_size": st.integers(1, 1023).map(lambda t: t * 64),
-        "reserved": st.just(0),
         "model_id": st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=16),
-        "model_hash": st.binary(min_size=32, max_size=32),
+        "model_hash": st.binary(min_size=C.MODEL_HASH_SIZE, max_size=C.MODEL_HASH_SIZE),
         "coder": st.just("ans32"),
     }
 )
-tiles = st.lists(
-    st.fixed_dictionaries(
-        {
-            "index": st.integers(0, 2**32 - 1),
-            "symbols_crc": st.integers(0, 2**32 - 1),
-            "z_stream": st.binary(max_size=64),
-            "y_stream": st.binary(max_size=64),
-        }
-    ),
-    max_size=4,
+# 1 to 4 tiles: the header's size and tile size say how many a file holds
+grids = st.tuples(st.integers(1, 2), st.integers(1, 2))
+tile_payloads = st.fixed_dictionaries(
+    {"symbols_crc": st.integers(0, 2**32 - 1), "stream": st.binary(max_size=64)}
 )
 ancillary_types = st.tuples(
     st.sampled_from("abcdefghijklmnopqrstuvwxyz"),
@@ -47,10 +40,14 @@ metadata = st.none() | st.binary(min_size=1, max_size=64)
 @st.composite
 def containers(draw) -> C.Container:
     header = draw(headers)
+    columns, rows = draw(grids)
+    t, most = header["tile_size"], C.MAX_SIDE
+    header["width"] = draw(st.integers((columns - 1) * t + 1, min(columns * t, most)))
+    header["height"] = draw(st.integers((rows - 1) * t + 1, min(rows * t, most)))
     alpha = {"method": "zlib-left", "data": draw(st.binary(max_size=32))} if header["alpha"] else None
     return C.Container(
         header=header,
-        tiles=draw(tiles),
+        tiles=draw(st.lists(tile_payloads, min_size=columns * rows, max_size=columns * rows)),
         alpha=alpha,
         icc_profile=draw(metadata),
         exif=draw(metadata),
@@ -75,13 +72,14 @@ def test_build_parse_build_is_byte_identical(c: C.Container) -> None:
         assert C.read_chunk(io.BytesIO(data), offset, size) == (C.TILE, tile)
 
 
-def minimal() -> C.Container:
+def minimal(tiles: int = 1) -> C.Container:
+    """A valid container of a 64 x 2 image in one 64-pixel tile, or of 64*tiles x 2 in a row of them."""
     header = {
-        "version_major": C.VERSION_MAJOR, "version_minor": 0, "width": 3, "height": 2, "colour": "rgb", "alpha": False,
-        "quality": 1024, "tile_size": 768, "reserved": 0, "model_id": "m", "model_hash": bytes(32),
+        "version_major": C.VERSION_MAJOR, "version_minor": 0, "width": 64 * tiles, "height": 2, "colour": "rgb",
+        "alpha": False, "quality": 1024, "tile_size": 64, "model_id": "m", "model_hash": bytes(C.MODEL_HASH_SIZE),
         "coder": "ans32",
     }
-    return C.Container(header=header, tiles=[{"index": 0, "symbols_crc": 0, "z_stream": b"", "y_stream": b""}])
+    return C.Container(header=header, tiles=[{"symbols_crc": i, "stream": b""} for i in range(tiles)])
 
 
 def chunks_file(*chunks: tuple[bytes, object]) -> bytes:
@@ -90,30 +88,34 @@ def chunks_file(*chunks: tuple[bytes, object]) -> bytes:
 
 def test_unknown_critical_chunk_is_rejected() -> None:
     c = minimal()
-    data = chunks_file((C.HEADER, c.header), (b"ZZZZ", b"x"), (C.TILE, c.tiles[0]), (C.END, None))
+    data = chunks_file((C.HEADER, c.header), (b"ZZZZ", b"x"), (C.TILE, c.tiles[0]))
     with pytest.raises(C.ContainerError, match="unknown critical chunk"):
         C.parse(data)
 
 
 def test_unknown_ancillary_chunk_is_kept() -> None:
     c = minimal()
-    data = chunks_file((C.HEADER, c.header), (b"zzzz", b"x"), (C.TILE, c.tiles[0]), (C.END, None))
+    data = chunks_file((C.HEADER, c.header), (b"zzzz", b"x"), (C.TILE, c.tiles[0]))
     assert C.parse(data).unknown == [(b"zzzz", b"x")]
 
 
 @pytest.mark.parametrize(
     "order, message",
     [
-        ("TH", "first chunk must be DHDR"),
-        ("HTe", "after the first TILE"),
-        ("HHT", "more than one DHDR"),
-        ("HeeT", "more than one"),
+        ("THT", "first chunk must be DHDR"),
+        ("", "first chunk must be DHDR"),
+        ("HTeT", "after the first TILE"),
+        ("HHTT", "more than one DHDR"),
+        ("HeeTT", "more than one"),
+        ("HT", "truncated DCV file: expected 2 tiles, found 1"),
+        ("HTTT", "data after the last tile"),
+        ("HTTe", "data after the last tile"),
     ],
 )
 def test_ordering_rules(order: str, message: str) -> None:
-    c = minimal()
+    c = minimal(tiles=2)
     table = {"H": (C.HEADER, c.header), "T": (C.TILE, c.tiles[0]), "e": (C.EXIF, b"ex")}
-    data = chunks_file(*[table[k] for k in order], (C.END, None))
+    data = chunks_file(*[table[k] for k in order])
     with pytest.raises(C.ContainerError, match=message):
         C.parse(data)
 
@@ -127,11 +129,11 @@ def test_crc_mismatch_is_reported() -> None:
         C.verify(io.BytesIO(bytes(data)))
 
 
-def test_data_after_end_is_rejected() -> None:
+def test_data_after_the_last_tile_is_rejected() -> None:
     data = C.build(minimal()) + b"junk"
-    with pytest.raises(C.ContainerError):
+    with pytest.raises(C.ContainerError, match="after the last tile"):
         C.parse(data)
-    with pytest.raises(C.ContainerError, match="after the end"):
+    with pytest.raises(C.ContainerError, match="after the last tile"):
         C.scan(io.BytesIO(data))
 
 
@@ -148,11 +150,15 @@ def test_bad_tile_size_and_version() -> None:
     c.header["tile_size"] = 100
     with pytest.raises(C.ContainerError, match="tile size"):
         C.parse(C.build(c))
+    for major in (1, 2):  # 1 blended overlapping tiles; 2 had two streams per tile and an end chunk
+        c = minimal()
+        c.header["version_major"] = major
+        with pytest.raises(C.ContainerError, match="unsupported DCV version"):
+            C.parse(C.build(c))
+
+
+def test_one_tile_file_overhead() -> None:
+    """What a one-tile RGB file spends besides its entropy-coded stream: signature 8, DHDR 12 + 37,
+    TILE 12 + 4 (the symbols CRC)."""
     c = minimal()
-    c.header["version_major"] = 1  # version 1 blended overlapping tiles: other pixels from the same data
-    with pytest.raises(C.ContainerError, match="unsupported DCV version"):
-        C.parse(C.build(c))
-    c = minimal()
-    c.header["reserved"] = 32
-    with pytest.raises(C.ContainerError, match="reserved"):
-        C.parse(C.build(c))
+    assert len(C.build(c)) == 8 + 12 + 37 + 12 + 4

@@ -51,7 +51,7 @@ def latent_of(model, a: np.ndarray, quality: float) -> np.ndarray:
     info = codec.read_info(io.BytesIO(data))
     _, tile = codec.container.read_chunk(io.BytesIO(data), *info.index.tile_offsets[0])
     h, w = codec.padded_size(a.shape[0]), codec.padded_size(a.shape[1])
-    return codec.decode_tile(model, tile, h, w)
+    return codec.decode_tile(model, tile, 0, h, w)
 
 
 def distortion_weights(model, photos: list[np.ndarray], quality: float, rng: np.random.Generator) -> np.ndarray:
