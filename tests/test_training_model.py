@@ -84,3 +84,24 @@ def test_an_analysis_block_added_to_a_run_starts_as_the_identity_in_a_group_of_i
     groups = parameter_groups(new, {"offsets_lr_scale": 20})
     assert [len(g["params"]) for g in groups[2:]] == [4, 4]
     assert groups[3]["params"][0] is new.analysis_block.body[0].weight
+
+
+def test_a_widened_synthesis_computes_the_same_and_keeps_its_moments() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training" / "experiments"))
+    from widen_synthesis import widen_moments, widen_weights
+
+    old = DCVModel(**SMALL, reconstruction_offsets=True)
+    optim = {"offsets_lr_scale": 20}
+    opt = torch.optim.Adam(parameter_groups(old, optim), lr=1e-4)
+    old(torch.rand(1, 3, 64, 64), torch.tensor([0]))["x_hat"].mean().backward()
+    opt.step()
+    new = DCVModel(**{**SMALL, "synthesis_channels": [12, 8, 8]}, reconstruction_offsets=True)
+    new.load_state_dict(widen_weights(old.state_dict(), 12))
+    y = torch.randn(1, 8, 4, 4) * 3
+    torch.testing.assert_close(new.synthesise(y), old.synthesise(y), rtol=0, atol=1e-5)
+    assert new.g_s[0].weight[:, 8:].abs().sum() > 0 and new.g_s[2].weight[8:].abs().sum() == 0
+    resumed = torch.optim.Adam(parameter_groups(new, optim), lr=1e-4)
+    resumed.load_state_dict(widen_moments(opt.state_dict(), new, optim, 12))
+    moment = resumed.state[new.g_s[2].weight]["exp_avg"]
+    assert moment.shape == new.g_s[2].weight.shape and moment[8:].abs().sum() == 0
+    assert torch.equal(moment[:8], opt.state[old.g_s[2].weight]["exp_avg"])
