@@ -129,10 +129,11 @@ def test_context_saves_bits_and_models_without_one_still_work(sample, monkeypatc
     """The same weights with the context switched off: one y part, the hyperprior's tables only.
     The checkerboard's second part must pay for itself. These weights were trained with the context
     (dcv-ms2-s06 here: 26.3 dB and 46 % more bytes without it, 35.2 dB with it; 16-31 % more bits on held-out
-    photos), so without it the floor is lower; what matters there is that it decodes at all."""
+    photos; dcv-ms2-s16 23.8 dB without it), so without it the floor is lower; what matters there is that it
+    decodes at all (a wrong decode gives ~10 dB)."""
     pixels = np.asarray(sample)[:384, :512]
     sizes = {}
-    for use_context, floor in ((True, 32), (False, 24)):
+    for use_context, floor in ((True, 32), (False, 20)):
         monkeypatch.setattr(get_model().prior, "has_context", use_context)
         data, info = encode(pixels, 4)
         assert psnr(codec.decode(io.BytesIO(data), info), pixels) > floor
