@@ -35,8 +35,7 @@ def grow(tensor: torch.Tensor, axes: tuple[int, ...], width: int, fill: torch.Te
     shape = list(tensor.shape)
     for axis in axes:
         shape[axis] = width
-    out = torch.empty(shape, dtype=tensor.dtype)
-    out.copy_(fill if isinstance(fill, torch.Tensor) else torch.full(shape, float(fill)))
+    out = fill.to(tensor.dtype).clone() if isinstance(fill, torch.Tensor) else torch.full(shape, float(fill))
     out[tuple(slice(0, n) for n in tensor.shape)] = tensor
     return out
 
