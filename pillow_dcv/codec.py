@@ -121,6 +121,15 @@ def symbols_crc(index: int, z: np.ndarray, y: np.ndarray) -> int:
 
 def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: np.ndarray, index: int) -> dict:
     """Code the latents of one tile cell of the padded image, analysed with a margin of context."""
+    z_sym, y_sym, parts = tile_symbols(model, padded, cell, gain)
+    return {"symbols_crc": symbols_crc(index, z_sym, y_sym), "stream": entropy.encode(parts)}
+
+
+def tile_symbols(
+    model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray, entropy.Tables]]]:
+    """The z and y symbols of one tile cell, and the stream's parts ``(symbols, table, tables)`` in
+    coding order (section 7.3)."""
     y0, y1, x0, x1 = cell
     hp, wp = padded.shape[:2]
     wy0, wy1 = max(0, y0 - ANALYSIS_MARGIN), min(hp, y1 + ANALYSIS_MARGIN)
@@ -135,15 +144,15 @@ def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: n
     y = y.astype(np.float64)
     acc = model.prior.hyper(z_sym)
     y_sym = np.zeros(y.shape, dtype=np.int64)
-    stages = model.prior.stages(y.shape)
     parts = [(z_sym, z_channel, model.z_tables)]
-    for part, update in stages:  # each part is quantised around the means the decoder will have for it
+    # each part is quantised around the means the decoder will have for it
+    for part, update in model.prior.stages(y.shape):
         if update is not None:
             acc = update(acc, y_sym)
         symbols, scale_index = quantise_latent(model, part.take(y), acc, part)
         part.put(y_sym, symbols)
         parts.append((symbols, scale_index, model.y_tables))
-    return {"symbols_crc": symbols_crc(index, z_sym, y_sym), "stream": entropy.encode(parts)}
+    return z_sym, y_sym, parts
 
 
 def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray, part: Part) -> tuple[np.ndarray, np.ndarray]:
