@@ -119,17 +119,19 @@ def symbols_crc(index: int, z: np.ndarray, y: np.ndarray) -> int:
     return zlib.crc32(y.astype("<i4").tobytes(), crc)
 
 
-def encode_tile(model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: np.ndarray, index: int) -> dict:
+def encode_tile(
+    model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: np.ndarray, index: int, z_row: int = 0
+) -> dict:
     """Code the latents of one tile cell of the padded image, analysed with a margin of context."""
-    z_sym, y_sym, parts = tile_symbols(model, padded, cell, gain)
+    z_sym, y_sym, parts = tile_symbols(model, padded, cell, gain, z_row)
     return {"symbols_crc": symbols_crc(index, z_sym, y_sym), "stream": entropy.encode(parts)}
 
 
 def tile_symbols(
-    model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: np.ndarray
+    model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: np.ndarray, z_row: int = 0
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray, entropy.Tables]]]:
     """The z and y symbols of one tile cell, and the stream's parts ``(symbols, table, tables)`` in
-    coding order (section 7.3)."""
+    coding order (section 7.3); z uses row `z_row` of the z tables (Model.z_row)."""
     y0, y1, x0, x1 = cell
     hp, wp = padded.shape[:2]
     wy0, wy1 = max(0, y0 - ANALYSIS_MARGIN), min(hp, y1 + ANALYSIS_MARGIN)
@@ -139,12 +141,12 @@ def tile_symbols(
     s, d = LATENT_STRIDE, DOWNSAMPLING  # the margins are multiples of 64, so the grids line up
     y = y[0, :, (y0 - wy0) // s : (y1 - wy0) // s, (x0 - wx0) // s : (x1 - wx0) // s]
     z = z[0, :, (y0 - wy0) // d : (y1 - wy0) // d, (x0 - wx0) // d : (x1 - wx0) // d]
-    z_channel = np.broadcast_to(np.arange(z.shape[0])[:, None, None], z.shape)
-    z_sym = model.z_tables.clamp(np.rint(z).astype(np.int64), z_channel)
+    z_table = np.broadcast_to(z_row * model.z_channels + np.arange(z.shape[0])[:, None, None], z.shape)
+    z_sym = model.z_tables.clamp(np.rint(z).astype(np.int64), z_table)
     y = y.astype(np.float64)
     acc = model.prior.hyper(z_sym)
     y_sym = np.zeros(y.shape, dtype=np.int64)
-    parts = [(z_sym, z_channel, model.z_tables)]
+    parts = [(z_sym, z_table, model.z_tables)]
     # each part is quantised around the means the decoder will have for it
     for part, update in model.prior.stages(y.shape):
         if update is not None:
@@ -162,15 +164,15 @@ def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray, part: Part) ->
     return model.y_tables.clamp(np.rint(y - mu).astype(np.int64), scale_index), scale_index
 
 
-def decode_tile(model: Model, tile: dict, index: int, height: int, width: int) -> np.ndarray:
+def decode_tile(model: Model, tile: dict, index: int, height: int, width: int, z_row: int = 0) -> np.ndarray:
     """Latents of tile `index`, a cell of height x width padded pixels -> float32 (M, height/16,
     width/16): the symbols plus the means they were coded with (and the reconstruction offsets)."""
-    cz = len(model.z_tables.offsets)
+    cz = model.z_channels
     z_shape = (cz, height // DOWNSAMPLING, width // DOWNSAMPLING)
-    z_channel = np.broadcast_to(np.arange(cz)[:, None, None], z_shape)
+    z_table = np.broadcast_to(z_row * cz + np.arange(cz)[:, None, None], z_shape)
     try:
         stream = entropy.Decoder(tile["stream"])
-        z_sym = stream.decode(z_channel, model.z_tables).reshape(z_shape)
+        z_sym = stream.decode(z_table, model.z_tables).reshape(z_shape)
         acc = model.prior.hyper(z_sym)
         y_sym = np.zeros((acc.shape[0] // 2, *acc.shape[1:]), dtype=np.int64)
         centre = np.empty(y_sym.shape)  # what a symbol is added to: its mean, plus the offset
@@ -265,7 +267,8 @@ def encode(
     colour = pixels[:, :, :3] if mode.startswith("RGB") else np.repeat(pixels[:, :, :1], 3, axis=2)
     padded = pad_to_multiple(colour, DOWNSAMPLING)
     cells = tile_grid(padded.shape[1], padded.shape[0], tile_size)
-    tiles = [encode_tile(model, padded, cell, gain, i) for i, cell in enumerate(cells)]
+    z_row = model.z_row(int(q * 256) / 256)  # from the quality the header stores, as the decoder does
+    tiles = [encode_tile(model, padded, cell, gain, i, z_row) for i, cell in enumerate(cells)]
     header = {
         "version_major": container.VERSION_MAJOR,
         "version_minor": container.VERSION_MINOR,
@@ -307,11 +310,12 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
     out = np.empty((height, width, len(info.mode)), dtype=np.uint8)
     margin = SYNTHESIS_MARGIN
     above = None  # the last latent rows of the previous row of tiles
-    current = _decode_latent_row(fp, model, tiles, row_starts[0], hp, wp, tile_size)
+    z_row = model.z_row(info.quality)
+    current = _decode_latent_row(fp, model, tiles, row_starts[0], hp, wp, tile_size, z_row)
     for r, y0 in enumerate(row_starts):
         below = None
         if r + 1 < len(row_starts):
-            below = _decode_latent_row(fp, model, tiles, row_starts[r + 1], hp, wp, tile_size)
+            below = _decode_latent_row(fp, model, tiles, row_starts[r + 1], hp, wp, tile_size, z_row)
         parts = [p for p in (above, current, below[:, :margin] if below is not None else None) if p is not None]
         band = np.concatenate(parts, axis=1) if len(parts) > 1 else current
         top = 0 if above is None else above.shape[1]
@@ -326,7 +330,7 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
     return out
 
 
-def _decode_latent_row(fp, model, tiles, y0: int, hp: int, wp: int, tile_size: int) -> np.ndarray:
+def _decode_latent_row(fp, model, tiles, y0: int, hp: int, wp: int, tile_size: int, z_row: int) -> np.ndarray:
     """Entropy-decode one row of tiles into a latent band (M, rows/16, wp/16)."""
     y1 = min(y0 + tile_size, hp)
     cells = []
@@ -337,7 +341,7 @@ def _decode_latent_row(fp, model, tiles, y0: int, hp: int, wp: int, tile_size: i
             _, tile = container.read_chunk(fp, offset, size)
         except container.ContainerError as e:
             raise CorruptFileError(str(e)) from None
-        cells.append(decode_tile(model, tile, i, y1 - y0, x1 - x0))
+        cells.append(decode_tile(model, tile, i, y1 - y0, x1 - x0, z_row))
     return np.concatenate(cells, axis=2) if len(cells) > 1 else cells[0]
 
 

@@ -37,7 +37,7 @@ from construct import (
 
 SIGNATURE = b"\x89DCV\r\n\x1a\n"
 VERSION_MAJOR = 3
-VERSION_MINOR = 0
+VERSION_MINOR = 1
 
 MAX_SIDE = 65535
 MAX_CHUNK_LENGTH = 1 << 30

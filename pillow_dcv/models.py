@@ -72,6 +72,9 @@ class Model:
         self.prior = IntegerHyperSynthesis(params, matmul=self._matmul)
         self.y_tables = _tables(params, "y")
         self.z_tables = _tables(params, "z")
+        # from dcv-ms2-s17 on: one row of z tables per whole quality (spec sections 5.3 and 7.3)
+        self.z_rows = int(params.get("z_rows", 1))
+        self.z_channels = len(self.z_tables.offsets) // self.z_rows
         self.log_gain = params["gain"].astype(np.float64)
         self.log_inv_gain = params["inv_gain"].astype(np.float64)
         self.latent_channels = self.log_gain.shape[1]
@@ -90,6 +93,11 @@ class Model:
         ig = (1 - t) * self.log_inv_gain[i] + t * self.log_inv_gain[j]
         shape = (1, self.latent_channels, 1, 1)
         return np.exp(g).astype(np.float32).reshape(shape), np.exp(ig).astype(np.float32).reshape(shape)
+
+    def z_row(self, quality: float) -> int:
+        """The row of z tables that a file of header quality `quality` (a multiple of 1/256) uses: the
+        nearest whole quality's, halves up."""
+        return min(self.z_rows, max(1, int(np.floor(quality + 0.5)))) - 1
 
     def session(self, name: str, optimization: str | None = None, threads: int | None = None):
         key = f"{name}:{optimization}:{threads}"

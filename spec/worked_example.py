@@ -80,11 +80,12 @@ def decode_part(dec: ReferenceDecoder, tables, table_of: np.ndarray, steps: list
     return out
 
 
-def decode_tile_stream(data: bytes, model, cz: int):
-    """Sections 7.3 and 6: z, then the parts of y in order (6.1, 6.2), each with the tables that
-    the symbols before it give; one stream, which must end cleanly after the last part."""
+def decode_tile_stream(data: bytes, model, cz: int, row: int):
+    """Sections 7.3 and 6: z (with row `row` of the z tables), then the parts of y in order (6.1,
+    6.2), each with the tables that the symbols before it give; one stream, which must end cleanly
+    after the last part."""
     dec, zsteps, ysteps = ReferenceDecoder(data), [], []
-    z = decode_part(dec, model.z_tables, np.arange(cz), zsteps).reshape(cz, 1, 1)
+    z = decode_part(dec, model.z_tables, row * cz + np.arange(cz), zsteps).reshape(cz, 1, 1)
     z_pops = len(dec.pops)
     acc = model.prior.hyper(z)
     _, hyper_index = model.prior.tables(acc)
@@ -125,10 +126,12 @@ def section() -> str:
     (_, tile_offset, tile_size), = [c for c in info.index.chunk_table if c[0] == container.TILE]
     _, tile = container.read_chunk(io.BytesIO(data), tile_offset, tile_size)
 
-    cz = len(model.z_tables.offsets)
+    rows = model.z_rows  # section 7.3: the z tables' row of the header's quality
+    cz = len(model.z_tables.offsets) // rows
+    row = min(rows, max(1, math.floor(header["quality"] / 256 + 0.5))) - 1
     stream = tile["stream"]
     z, y, mu, hyper_index, scale_index, dec, z_pops, zsteps, ysteps, part_sizes = decode_tile_stream(
-        stream, model, cz
+        stream, model, cz, row
     )
     changed = int((hyper_index != scale_index).sum())
     crc = zlib.crc32(struct.pack("<I", 0))

@@ -1,49 +1,103 @@
-"""Fitted entropy tables (training/tables.py; numpy, Pillow and the runtime only)."""
+"""Fitted entropy tables (training/tables.py; numpy, Pillow and the runtime only) and rows of z
+tables per quality in the runtime (spec sections 5.3, 5.4 and 7.3)."""
 
 import io
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from tables import fitted_counts, ideal_bits, level_histograms  # noqa: E402
+from tables import fit_tables, fitted_counts, histograms, ideal_bits  # noqa: E402
 
-from pillow_dcv import codec  # noqa: E402
-from pillow_dcv.models import get_model  # noqa: E402
+from pillow_dcv import codec, models  # noqa: E402
 
 
-def test_fitted_counts_follow_the_histogram_and_keep_the_gaussian_where_unseen() -> None:
-    gaussian = [np.array([1, 10, 100, 10, 1]), np.array([5, 20, 50, 20, 5])]
+def test_fitted_counts_follow_the_histogram_and_keep_the_base_where_unseen() -> None:
+    base = [np.array([1, 10, 100, 10, 1]), np.array([5, 20, 50, 20, 5])]
     hist = [np.array([0, 0, 1000, 0, 0]), np.zeros(5, dtype=np.int64)]
-    peaked, unseen = fitted_counts(gaussian, hist, pseudo_counts=16)
+    peaked, unseen = fitted_counts(base, hist, pseudo_counts=16)
     assert peaked.min() >= 1 and unseen.min() >= 1  # every symbol stays codable
-    assert peaked[2] / peaked.sum() > gaussian[0][2] / gaussian[0].sum()
-    np.testing.assert_allclose(unseen / unseen.sum(), gaussian[1] / gaussian[1].sum(), atol=1e-5)
+    assert peaked[2] / peaked.sum() > base[0][2] / base[0].sum()
+    np.testing.assert_allclose(unseen / unseen.sum(), base[1] / base[1].sum(), atol=1e-5)
+    with pytest.raises(ValueError):
+        fitted_counts(base, [np.zeros(4, dtype=np.int64), hist[1]])
 
 
-def test_tables_fitted_to_an_image_code_its_symbols_in_fewer_bits(photo: Image.Image) -> None:
-    model = get_model()
-    a = np.asarray(photo.crop((0, 0, 128, 128)))
-    hist = level_histograms(model, [a], [2])
-    gain, _ = model.gains(2)
-    _, y_sym, parts = codec.tile_symbols(model, a, (0, 128, 0, 128), gain)
-    assert sum(int(h.sum()) for h in hist) == y_sym.size
-    t = model.y_tables
-    symbols = np.concatenate([s.ravel() for s, _, _ in parts[1:]])
-    table = np.concatenate([k.ravel() for _, k, _ in parts[1:]])
-    fitted = fitted_counts(t.counts, hist)
-    assert ideal_bits(fitted, t.offsets, symbols, table) < ideal_bits(t.counts, t.offsets, symbols, table)
+def one_row_model() -> models.Model:
+    model = models.get_model()
+    if model.z_rows != 1:  # a bundled model fitted already: its tables' first row is what export starts from
+        pytest.skip("the bundled model has fitted z rows")
+    return model
+
+
+@pytest.fixture(scope="module")
+def fitted_model(tmp_path_factory: pytest.TempPathFactory, photo: Image.Image):
+    """A copy of the bundled model with tables fitted to one 256x192 photo, loaded from a temp folder."""
+    model = one_row_model()
+    a = np.asarray(photo)
+    folder = tmp_path_factory.mktemp("models") / "dcv-test-fit"
+    folder.mkdir()
+    for name in ("analysis.onnx", "synthesis.onnx", "model.json"):
+        shutil.copyfile(model.folder / name, folder / name)
+    with np.load(model.folder / "prior.npz") as f:
+        params = {k: f[k] for k in f.files}
+    np.savez_compressed(folder / "prior.npz", **{**params, **fit_tables(model, [a])})
+    return model, models.Model(folder), a
+
+
+def test_histograms_count_every_symbol(photo: Image.Image) -> None:
+    model = one_row_model()
+    a = np.asarray(photo.crop((0, 0, 128, 64)))
+    y_hist, z_hist = histograms(model, [a], [2, 5])
+    z_sym, y_sym, _ = codec.tile_symbols(model, a, (0, 64, 0, 128), model.gains(2)[0])
+    assert sum(int(h.sum()) for h in y_hist) == 2 * y_sym.size
+    assert sum(int(h.sum()) for h in z_hist[2]) == sum(int(h.sum()) for h in z_hist[5]) == z_sym.size
+
+
+def test_fitted_tables_code_the_photo_they_were_fitted_to_in_fewer_bits(fitted_model) -> None:
+    model, fitted, a = fitted_model
+    assert fitted.z_rows == 8 and fitted.z_channels == model.z_channels
+    cell = (0, a.shape[0], 0, a.shape[1])
+    before, after = np.zeros(2), np.zeros(2)  # z, y: over all qualities, as they were fitted
+    for q in range(1, 9):
+        gain, _ = model.gains(q)
+        _, _, old = codec.tile_symbols(model, a, cell, gain)
+        _, _, new = codec.tile_symbols(fitted, a, cell, gain, fitted.z_row(q))
+        for i, ((s0, t0, tables0), (s1, t1, tables1)) in enumerate(zip(old, new, strict=True)):
+            np.testing.assert_array_equal(s0, s1)  # the same symbols: same supports
+            before[min(i, 1)] += ideal_bits(tables0.counts, tables0.offsets, s0.ravel(), np.asarray(t0).ravel())
+            after[min(i, 1)] += ideal_bits(tables1.counts, tables1.offsets, s1.ravel(), np.asarray(t1).ravel())
+    assert np.all(after < 0.99 * before)
+
+
+def test_z_row_is_the_nearest_whole_quality(fitted_model) -> None:
+    model, fitted, _ = fitted_model
+    assert [fitted.z_row(q) for q in (1.0, 1.49609375, 1.5, 2.0, 7.99609375, 8.0)] == [0, 0, 1, 1, 7, 7]
+    assert {model.z_row(q) for q in (1.0, 4.5, 8.0)} == {0}
+
+
+@pytest.mark.parametrize("quality", [2.498, 2.5, 8.0])
+def test_files_with_fitted_tables_are_smaller_and_decode_to_the_same_pixels(
+    fitted_model, monkeypatch: pytest.MonkeyPatch, quality: float
+) -> None:
+    model, fitted, a = fitted_model
+    monkeypatch.setitem(models._models, "dcv-test-fit", fitted)
+    plain = codec.encode(a, "RGB", quality, model_id=model.model_id)
+    smaller = codec.encode(a, "RGB", quality, model_id="dcv-test-fit")
+    assert len(smaller) < len(plain)
+    pixels = [codec.decode(io.BytesIO(d), codec.read_info(io.BytesIO(d))) for d in (plain, smaller)]
+    np.testing.assert_array_equal(pixels[0], pixels[1])
 
 
 def test_tile_symbols_are_what_a_file_holds(photo: Image.Image) -> None:
-    model = get_model()
+    model = models.get_model()
     a = np.asarray(photo.crop((0, 0, 128, 64)))
-    gain, _ = model.gains(3)
-    z_sym, y_sym, _ = codec.tile_symbols(model, a, (0, 64, 0, 128), gain)
+    z_sym, y_sym, _ = codec.tile_symbols(model, a, (0, 64, 0, 128), model.gains(3)[0], model.z_row(3))
     data = codec.encode(a, "RGB", 3)
     info = codec.read_info(io.BytesIO(data))
-    assert info.index.tile_offsets  # one tile, whose CRC covers exactly these symbols
     _, tile = codec.container.read_chunk(io.BytesIO(data), *info.index.tile_offsets[0])
     assert tile["symbols_crc"] == codec.symbols_crc(0, z_sym, y_sym)

@@ -355,7 +355,8 @@ def main() -> None:
     ap.add_argument("--raw", action="store_true", help="use the raw weights, not the EMA")
     ap.add_argument("--slow-ema", action="store_true", help="use the slow second average ([optim] ema_slow)")
     ap.add_argument("--calibration", default=str(CALIBRATION_DIR))
-    ap.add_argument("--gaussian-tables", action="store_true", help="keep the Gaussian y tables (no fitting)")
+    ap.add_argument("--model-tables", action="store_true",
+                    help="keep the model's own tables (Gaussian y, one z per channel) instead of fitted ones")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -403,26 +404,25 @@ def main() -> None:
     write_matmul_graphs()
     meta = {"model_id": args.model_id, "step": step, "hours": round(hours, 2), "config": cfg["model"]}
     (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
-    if not args.gaussian_tables:
-        params["y_counts"] = fit_y_tables(out, cfg)
+    if not args.model_tables:
+        params.update(fitted_tables(out, cfg))
         np.savez_compressed(out / "prior.npz", **params)
     check(model, out, calib_paths[:2], list(zip(calib_y, calib_z)))
     print(f"exported {args.model_id} (step {step}) to {out}")
 
 
-def fit_y_tables(folder: Path, cfg: dict) -> np.ndarray:
-    """The y tables fitted to the exported model's own symbols on 48 training photos at every quality
-    (training/tables.py): about -0.5 % bits for dcv-ms2-s16 on the held-out photos (LOG session 17)."""
-    from tables import fit_photos, fitted_counts, level_histograms
+def fitted_tables(folder: Path, cfg: dict) -> dict[str, np.ndarray]:
+    """The exported model's y tables, and one row of z tables per quality, fitted to its own symbols
+    on 48 training photos (training/tables.py): -0.72 % bits for dcv-ms2-s16 on the held-out photos
+    (LOG session 17)."""
+    from tables import fit_photos, fit_tables
 
     from pillow_dcv.models import Model
 
-    model = Model(folder)
     train_dir = (ROOT / cfg["data"]["train_dir"]).resolve()
     photos = fit_photos(train_dir, cfg["run"].get("holdout_images", 0))
-    hist = level_histograms(model, photos, range(1, len(model.log_gain) + 1))
-    print(f"y tables fitted to {sum(int(h.sum()) for h in hist)} symbols of {len(photos)} training photos")
-    return np.concatenate(fitted_counts(model.y_tables.counts, hist)).astype(np.uint32)
+    print(f"fitting the y and z tables to the symbols of {len(photos)} training photos")
+    return fit_tables(Model(folder), photos)
 
 
 def calibration_latents(model: DCVModel, paths: list[Path]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
