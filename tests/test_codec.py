@@ -556,7 +556,7 @@ def test_reconstruction_offsets_shift_each_latent_by_its_symbol_and_scale(
     _, tile = codec.container.read_chunk(io.BytesIO(data), *info.index.tile_offsets[0])
     h, w = codec.padded_size(info.height), codec.padded_size(info.width)
     monkeypatch.setattr(model, "recon_offsets", None)
-    plain = codec.decode_tile(model, tile, 0, h, w).astype(np.float64)
+    plain = codec.decode_tile(model, tile, 0, h, w, model.z_row(info.quality)).astype(np.float64)
 
     decoded_parts = []  # (symbols, table index): z's, then each part of y's in coding order
     original = entropy.Decoder.decode
@@ -569,7 +569,7 @@ def test_reconstruction_offsets_shift_each_latent_by_its_symbol_and_scale(
     monkeypatch.setattr(entropy.Decoder, "decode", recording)
     table = np.stack([np.full(64, -0.25), np.full(64, -0.125), np.linspace(-0.5, 0.5, 64)])
     monkeypatch.setattr(model, "recon_offsets", table)
-    moved = codec.decode_tile(model, tile, 0, h, w).astype(np.float64)
+    moved = codec.decode_tile(model, tile, 0, h, w, model.z_row(info.quality)).astype(np.float64)
 
     q = np.zeros(plain.shape, dtype=np.int64)
     level = np.zeros(plain.shape, dtype=np.int64)

@@ -27,30 +27,39 @@ def test_fitted_counts_follow_the_histogram_and_keep_the_base_where_unseen() -> 
         fitted_counts(base, [np.zeros(4, dtype=np.int64), hist[1]])
 
 
-def one_row_model() -> models.Model:
-    model = models.get_model()
-    if model.z_rows != 1:  # a bundled model fitted already: its tables' first row is what export starts from
-        pytest.skip("the bundled model has fitted z rows")
-    return model
-
-
-@pytest.fixture(scope="module")
-def fitted_model(tmp_path_factory: pytest.TempPathFactory, photo: Image.Image):
-    """A copy of the bundled model with tables fitted to one 256x192 photo, loaded from a temp folder."""
-    model = one_row_model()
-    a = np.asarray(photo)
-    folder = tmp_path_factory.mktemp("models") / "dcv-test-fit"
+def copy_model(model: models.Model, folder: Path, **changes: np.ndarray) -> models.Model:
     folder.mkdir()
     for name in ("analysis.onnx", "synthesis.onnx", "model.json"):
         shutil.copyfile(model.folder / name, folder / name)
     with np.load(model.folder / "prior.npz") as f:
         params = {k: f[k] for k in f.files}
-    np.savez_compressed(folder / "prior.npz", **{**params, **fit_tables(model, [a])})
-    return model, models.Model(folder), a
+    params.update(changes)
+    if "z_rows" in params and "z_rows" not in changes:  # keep the first row only: one z table per channel
+        cz = len(params["z_offsets"]) // int(params.pop("z_rows"))
+        params["z_counts"] = params["z_counts"][: int(params["z_lengths"][:cz].sum())]
+        params["z_lengths"], params["z_offsets"] = params["z_lengths"][:cz], params["z_offsets"][:cz]
+    np.savez_compressed(folder / "prior.npz", **params)
+    return models.Model(folder)
 
 
-def test_histograms_count_every_symbol(photo: Image.Image) -> None:
-    model = one_row_model()
+@pytest.fixture(scope="module")
+def own_model(tmp_path_factory: pytest.TempPathFactory) -> models.Model:
+    """The bundled model with one z table per channel, as export makes it before fitting."""
+    model = copy_model(models.get_model(), tmp_path_factory.mktemp("models") / "dcv-test-own")
+    assert model.z_rows == 1
+    return model
+
+
+@pytest.fixture(scope="module")
+def fitted_model(tmp_path_factory: pytest.TempPathFactory, own_model: models.Model, photo: Image.Image):
+    """own_model with tables fitted to one 256x192 photo."""
+    a = np.asarray(photo)
+    folder = tmp_path_factory.mktemp("models") / "dcv-test-fit"
+    return own_model, copy_model(own_model, folder, **fit_tables(own_model, [a])), a
+
+
+def test_histograms_count_every_symbol(own_model: models.Model, photo: Image.Image) -> None:
+    model = own_model
     a = np.asarray(photo.crop((0, 0, 128, 64)))
     y_hist, z_hist = histograms(model, [a], [2, 5])
     z_sym, y_sym, _ = codec.tile_symbols(model, a, (0, 64, 0, 128), model.gains(2)[0])
@@ -85,8 +94,9 @@ def test_files_with_fitted_tables_are_smaller_and_decode_to_the_same_pixels(
     fitted_model, monkeypatch: pytest.MonkeyPatch, quality: float
 ) -> None:
     model, fitted, a = fitted_model
+    monkeypatch.setitem(models._models, "dcv-test-own", model)
     monkeypatch.setitem(models._models, "dcv-test-fit", fitted)
-    plain = codec.encode(a, "RGB", quality, model_id=model.model_id)
+    plain = codec.encode(a, "RGB", quality, model_id="dcv-test-own")
     smaller = codec.encode(a, "RGB", quality, model_id="dcv-test-fit")
     assert len(smaller) < len(plain)
     pixels = [codec.decode(io.BytesIO(d), codec.read_info(io.BytesIO(d))) for d in (plain, smaller)]

@@ -8,10 +8,12 @@ quality. This fits the tables as export does (the y levels over all qualities, z
 quality, on training photos that are neither held out nor Kodak) and prints the bytes the held-out
 photos' symbols would take under the model's and the fitted tables (ideal code lengths -log2 p of
 the integer tables; the symbols, hence the pixels, are the same). `--write ID` also writes the model
-with the fitted tables as bundled model ID, for real files:
+with the fitted tables as bundled model ID, for real files. It needs a model with its own tables
+(export fits them by default since session 17):
 
-    python training/experiments/fitted_tables.py [--model dcv-ms2-s16] [--fit 48] [--write ID]
-    python benchmarks/compare_models.py dcv-ms2-s16 ID
+    python training/export.py --model-tables --model-id dcv-own
+    python training/experiments/fitted_tables.py --model dcv-own [--fit 48] --write dcv-fitted
+    python benchmarks/compare_models.py dcv-own dcv-fitted
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from compare_models import QUALITIES, centre_crop, held_out_photos  # noqa: E402
 from tables import fit_photos, fit_tables, ideal_bits  # noqa: E402
 
 from pillow_dcv import codec  # noqa: E402
-from pillow_dcv.models import DEFAULT_MODEL, MODELS_DIR, get_model  # noqa: E402
+from pillow_dcv.models import MODELS_DIR, get_model  # noqa: E402
 
 
 def photo_symbols(model, a: np.ndarray, quality: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -60,7 +62,7 @@ def write_model(model, params: dict[str, np.ndarray], model_id: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--model", required=True, help="a bundled model with its own tables")
     ap.add_argument("--fit", type=int, default=48, help="training photos to fit the tables on")
     ap.add_argument("--write", metavar="MODEL_ID", help="also write the model with the fitted tables")
     args = ap.parse_args()
