@@ -5,8 +5,9 @@
 Writes analysis.onnx (g_a + gains + h_a), synthesis.onnx (gains + g_s, transposed convolutions),
 prior.npz (integer hyper-synthesis, integer entropy tables, gain vectors), and
 training/weights/<model_id>.pt (the fp16 state dict, from which training can start on a fresh machine:
-``train.py --init``). Then checks ONNX against PyTorch
-on real images and the integer prior against the float one.
+``train.py --init``). The entropy tables are then fitted to the exported model's own symbols on
+training photos (training/tables.py; ``--model-tables`` keeps the model's own). Then checks ONNX
+against PyTorch on real images and the integer prior against the float one.
 """
 
 from __future__ import annotations
