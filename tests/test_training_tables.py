@@ -2,7 +2,6 @@
 tables per quality in the runtime (spec sections 5.3, 5.4 and 7.3)."""
 
 import io
-import shutil
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from tables import fit_tables, fitted_counts, histograms, ideal_bits  # noqa: E402
+from tables import copy_model, fit_tables, fitted_counts, histograms, ideal_bits  # noqa: E402
 
 from pillow_dcv import codec, models  # noqa: E402
 
@@ -27,25 +26,22 @@ def test_fitted_counts_follow_the_histogram_and_keep_the_base_where_unseen() -> 
         fitted_counts(base, [np.zeros(4, dtype=np.int64), hist[1]])
 
 
-def copy_model(model: models.Model, folder: Path, **changes: np.ndarray) -> models.Model:
-    folder.mkdir()
-    for name in ("analysis.onnx", "synthesis.onnx", "model.json"):
-        shutil.copyfile(model.folder / name, folder / name)
-    with np.load(model.folder / "prior.npz") as f:
-        params = {k: f[k] for k in f.files}
-    params.update(changes)
-    if "z_rows" in params and "z_rows" not in changes:  # keep the first row only: one z table per channel
-        cz = len(params["z_offsets"]) // int(params.pop("z_rows"))
-        params["z_counts"] = params["z_counts"][: int(params["z_lengths"][:cz].sum())]
-        params["z_lengths"], params["z_offsets"] = params["z_lengths"][:cz], params["z_offsets"][:cz]
-    np.savez_compressed(folder / "prior.npz", **params)
-    return models.Model(folder)
+def first_z_row(model: models.Model) -> dict[str, np.ndarray]:
+    """prior.npz entries that keep only the first row of a model's z tables: one table per channel."""
+    t, cz = model.z_tables, model.z_channels
+    return {
+        "z_counts": np.concatenate(t.counts[:cz]).astype(np.uint32),
+        "z_lengths": np.array([len(c) for c in t.counts[:cz]], dtype=np.int64),
+        "z_offsets": t.offsets[:cz],
+        "z_rows": np.array(1, dtype=np.int64),
+    }
 
 
 @pytest.fixture(scope="module")
 def own_model(tmp_path_factory: pytest.TempPathFactory) -> models.Model:
     """The bundled model with one z table per channel, as export makes it before fitting."""
-    model = copy_model(models.get_model(), tmp_path_factory.mktemp("models") / "dcv-test-own")
+    bundled = models.get_model()
+    model = copy_model(bundled, tmp_path_factory.mktemp("models") / "dcv-test-own", first_z_row(bundled))
     assert model.z_rows == 1
     return model
 
@@ -55,7 +51,7 @@ def fitted_model(tmp_path_factory: pytest.TempPathFactory, own_model: models.Mod
     """own_model with tables fitted to one 256x192 photo."""
     a = np.asarray(photo)
     folder = tmp_path_factory.mktemp("models") / "dcv-test-fit"
-    return own_model, copy_model(own_model, folder, **fit_tables(own_model, [a])), a
+    return own_model, copy_model(own_model, folder, fit_tables(own_model, [a])), a
 
 
 def test_histograms_count_every_symbol(own_model: models.Model, photo: Image.Image) -> None:

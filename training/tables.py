@@ -13,6 +13,7 @@ run it without torch.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from data import held_out, list_images
 from PIL import Image
 
 from pillow_dcv import codec
+from pillow_dcv.models import Model
 
 TABLE_PRECISION = 2**20  # as the Gaussian tables (export.py)
 GAUSSIAN_PSEUDO_COUNTS = 16.0  # per level: 4 to 256 gave the same held-out bits (LOG session 17)
@@ -107,3 +109,14 @@ def ideal_bits(counts: list[np.ndarray], offsets: np.ndarray, symbols: np.ndarra
         c = counts[k]
         total -= float(np.log2(c[symbols[table == k] - offsets[k]] / c.sum()).sum())
     return total
+
+
+def copy_model(model: Model, folder: Path, params: dict[str, np.ndarray]) -> Model:
+    """A copy of the model in `folder` with `params` replacing entries of its prior.npz, loaded."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("analysis.onnx", "synthesis.onnx", "model.json"):
+        shutil.copyfile(model.folder / name, folder / name)
+    with np.load(model.folder / "prior.npz") as f:
+        old = {k: f[k] for k in f.files}
+    np.savez_compressed(folder / "prior.npz", **{**old, **params})
+    return Model(folder)

@@ -19,8 +19,8 @@ with the fitted tables as bundled model ID, for real files. It needs a model wit
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "training"))
 
 from compare_models import QUALITIES, centre_crop, held_out_photos  # noqa: E402
-from tables import fit_photos, fit_tables, ideal_bits  # noqa: E402
+from tables import copy_model, fit_photos, fit_tables, ideal_bits  # noqa: E402
 
 from pillow_dcv import codec  # noqa: E402
 from pillow_dcv.models import MODELS_DIR, get_model  # noqa: E402
@@ -48,18 +48,6 @@ def photo_symbols(model, a: np.ndarray, quality: float) -> list[tuple[np.ndarray
     return [z, y]
 
 
-def write_model(model, params: dict[str, np.ndarray], model_id: str) -> None:
-    """A copy of the model's folder with the fitted tables, for benchmarks/compare_models.py."""
-    out = MODELS_DIR / model_id
-    out.mkdir(exist_ok=True)
-    for name in ("analysis.onnx", "synthesis.onnx", "model.json"):
-        shutil.copyfile(model.folder / name, out / name)
-    with np.load(model.folder / "prior.npz") as f:
-        old = {k: f[k] for k in f.files}
-    np.savez_compressed(out / "prior.npz", **{**old, **params})
-    print(f"wrote {out}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a bundled model with its own tables")
@@ -71,10 +59,10 @@ def main() -> None:
     photos = fit_photos((ROOT / cfg["data"]["train_dir"]).resolve(), cfg["run"]["holdout_images"], args.fit)
     print(f"fitting on {len(photos)} training photos (512x512 centres), 8 qualities", flush=True)
     params = fit_tables(model, photos)
+    folder = MODELS_DIR / args.write if args.write else Path(tempfile.mkdtemp()) / "fitted"
+    fitted = copy_model(model, folder, params)
     held = [centre_crop(p, 512) for p in held_out_photos()]
-    y_new = list(np.split(params["y_counts"].astype(np.int64), np.cumsum([len(c) for c in model.y_tables.counts])[:-1]))
-    z_new = list(np.split(params["z_counts"].astype(np.int64), np.cumsum(params["z_lengths"])[:-1]))
-    cz, y, z = model.z_channels, model.y_tables, model.z_tables
+    cz, y, z, y_new, z_new = model.z_channels, model.y_tables, model.z_tables, fitted.y_tables, fitted.z_tables
     print("bytes per held-out photo (512x512), ideal code lengths: y, z, both")
     for q in QUALITIES:
         old = np.zeros(2)
@@ -82,14 +70,15 @@ def main() -> None:
         for a in held:
             (zs, zt), (ys, yt) = photo_symbols(model, a, q)
             old += ideal_bits(y.counts, y.offsets, ys, yt), ideal_bits(z.counts, z.offsets, zs, zt)
-            new += ideal_bits(y_new, y.offsets, ys, yt), ideal_bits(z_new, params["z_offsets"], zs, zt + (q - 1) * cz)
+            zt_new = zt + fitted.z_row(q) * cz  # the same channels, in the row of this quality
+            new += ideal_bits(y_new.counts, y.offsets, ys, yt), ideal_bits(z_new.counts, z_new.offsets, zs, zt_new)
         old, new = old / 8 / len(held), new / 8 / len(held)
         change = 100 * (new - old) / old
         both = 100 * (new.sum() - old.sum()) / old.sum()
         print(f"  q{q}: y {old[0]:7.0f} -> {new[0]:7.0f} ({change[0]:+.2f} %), z {old[1]:5.0f} -> {new[1]:5.0f} "
               f"({change[1]:+.2f} %), both {both:+.2f} %")
     if args.write:
-        write_model(model, params, args.write)
+        print(f"wrote {folder}")
 
 
 if __name__ == "__main__":
