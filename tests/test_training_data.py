@@ -50,3 +50,19 @@ def test_excluded_photos_are_never_sampled(cache: Path) -> None:
     sampler = BucketSampler(cache, [[64, 1], [32, 3]], seed=2, exclude={0, 3})
     seen = set().union(*(levels(sampler.batch()) for _ in range(200)))
     assert seen == {60, 110}
+
+
+def test_source_weights_scale_a_folders_share_of_the_crops(tmp_path: Path) -> None:
+    from data import CropSampler, cache_sources
+
+    for folder, level in (("clean", 30), ("jpeg", 200)):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (40, 40), (level,) * 3).save(tmp_path / folder / "a.png")
+    build_cache(tmp_path, tmp_path / "cache")
+    assert cache_sources(tmp_path) == ["clean", "jpeg"]
+    plain = CropSampler(tmp_path / "cache", 32, seed=0)
+    weighted = CropSampler(tmp_path / "cache", 32, seed=0, entry_weights=[1.0, 0.25])
+    np.testing.assert_allclose(plain.weights, [0.5, 0.5])
+    np.testing.assert_allclose(weighted.weights, [0.8, 0.2])
+    draws = np.concatenate([weighted.batch(50)[:, 0, 0, 0] for _ in range(20)])
+    assert abs(np.mean(draws == 200) - 0.2) < 0.05

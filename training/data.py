@@ -45,6 +45,17 @@ def cache_entries(root: Path, paths: list[Path]) -> set[int]:
     return entries
 
 
+def cache_sources(root: Path) -> list[str]:
+    """The source folder (first path part under ``root``) of every cache entry, in cache order, found
+    from the image sizes without decoding, as ``cache_entries`` does."""
+    sources = []
+    for path in list_images(root):
+        with Image.open(path) as im:
+            count = 2 if min(im.size) >= HALF_SIZE_MIN_SIDE else 1
+        sources += [path.relative_to(root).parts[0]] * count
+    return sources
+
+
 def build_cache(root: Path, cache_dir: Path) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     arrays: list[np.ndarray] = []
@@ -76,14 +87,25 @@ def random_crop(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndar
 
 
 class CropSampler:
-    def __init__(self, cache_dir: Path, crop: int, seed: int = 0, exclude: set[int] = frozenset()) -> None:
+    """Random crops of the cached photos, every pixel equally likely unless ``entry_weights`` (one
+    per cache entry) scales some photos' pixels up or down."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        crop: int,
+        seed: int = 0,
+        exclude: set[int] = frozenset(),
+        entry_weights: list[float] | None = None,
+    ) -> None:
         self.pixels = np.load(cache_dir / "pixels.npy", mmap_mode="r")
         meta = json.loads((cache_dir / "index.json").read_text())
-        self.images = [
-            tuple(e) for n, e in enumerate(meta["images"]) if e[1] >= crop and e[2] >= crop and n not in exclude
-        ]
+        keep = [n for n, e in enumerate(meta["images"]) if e[1] >= crop and e[2] >= crop and n not in exclude]
+        self.images = [tuple(meta["images"][n]) for n in keep]
         area = np.array([h * w for _, h, w in self.images], dtype=np.float64)
-        self.weights = area / area.sum()  # every pixel equally likely
+        if entry_weights is not None:
+            area *= np.array([entry_weights[n] for n in keep], dtype=np.float64)
+        self.weights = area / area.sum()
         self.crop = crop
         self.rng = np.random.default_rng(seed)
 

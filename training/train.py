@@ -25,13 +25,25 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import BucketSampler, CropSampler, PackSampler, build_cache, cache_entries, held_out  # noqa: E402
+from data import BucketSampler, CropSampler, PackSampler, build_cache, cache_entries, cache_sources, held_out  # noqa: E402
 from ladder import COMPRESSAI_LAMBDAS, remap_ladder  # noqa: E402
 from model import DCVModel, gaussian_likelihood, rate_distortion_loss  # noqa: E402
 
 
 def expand(p: str) -> Path:
     return Path(os.path.expanduser(p))
+
+
+def source_weights(train_dir: Path, weights: dict[str, float]) -> list[float] | None:
+    """Per cache entry, the sampling weight of its source folder (``[data] source_weights``, e.g.
+    ``{ bsds500 = 0.25 }``; folders not named keep 1), or None when no weights are set."""
+    if not weights:
+        return None
+    sources = cache_sources(train_dir)
+    unknown = set(weights) - set(sources)
+    if unknown:
+        raise ValueError(f"source_weights names folders that {train_dir} does not have: {sorted(unknown)}")
+    return [float(weights.get(s, 1.0)) for s in sources]
 
 
 def learning_rate(step: int, cfg: dict, warm_from: int = 0) -> float:
@@ -287,7 +299,8 @@ def main() -> None:
         if "buckets" in cfg["data"]:
             sampler = BucketSampler(cache, cfg["data"]["buckets"], seed=int(time.time()), exclude=excluded)
         else:
-            sampler = CropSampler(cache, cfg["data"]["crop"], seed=int(time.time()), exclude=excluded)
+            sampler = CropSampler(cache, cfg["data"]["crop"], seed=int(time.time()), exclude=excluded,
+                                  entry_weights=source_weights(train_dir, cfg["data"].get("source_weights", {})))
         print(f"{len(sampler.images)} cached images to sample; held out: {[p.name for p in holdout]}", flush=True)
 
     model = DCVModel(**cfg["model"]).to(device, memory_format=torch.channels_last)

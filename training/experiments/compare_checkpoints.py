@@ -8,10 +8,15 @@ than exporting both (benchmarks/compare_models.py measures real files).
 
     python training/experiments/compare_checkpoints.py ~/.cache/pillow-dcv/ckpt.pt ~/.cache/pillow-dcv/ckpt-b.pt
     python training/experiments/compare_checkpoints.py ~/.cache/pillow-dcv/ckpt.pt ~/.cache/pillow-dcv/ckpt.pt#ema_slow
+
+With ``--by-source`` it also prints the BD-rate over the held-out BSDS500 photos (small JPEGs) and over
+the others apart (session 18's data-weighting A/B); ``--kodak N`` adds every 24/N-th Kodak image as a
+second, clean set (a check for a decision about clean photos, not a set to tune on).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -22,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from data import held_out  # noqa: E402
 from model import DCVModel  # noqa: E402
 from rd_benchmark import bd_rate  # noqa: E402
-from train import evaluate, load_eval_image  # noqa: E402
+from train import evaluate, load_eval_image, load_eval_images  # noqa: E402
 
-TRAIN_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/train"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared/data"
+TRAIN_DIR = SHARED / "train"
 
 
 def load_ema(path: str) -> tuple[DCVModel, int]:
@@ -36,18 +42,38 @@ def load_ema(path: str) -> tuple[DCVModel, int]:
     return model.eval().requires_grad_(False), state.get("step", 0)
 
 
+def image_sets(by_source: bool, kodak: int) -> dict[str, list]:
+    paths = held_out(TRAIN_DIR, 8)
+    sets = {"held-out": [load_eval_image(p, 512) for p in paths]}
+    if by_source:
+        bsds = [p.relative_to(TRAIN_DIR).parts[0] == "bsds500" for p in paths]
+        sets["held-out bsds500"] = [im for im, b in zip(sets["held-out"], bsds) if b]
+        sets["held-out others"] = [im for im, b in zip(sets["held-out"], bsds) if not b]
+    if kodak:
+        sets["kodak"] = load_eval_images(SHARED / "kodak", kodak)
+    return sets
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("first")
+    ap.add_argument("second")
+    ap.add_argument("--by-source", action="store_true", help="also BSDS500 and the other held-out photos apart")
+    ap.add_argument("--kodak", type=int, default=0, help="also this many Kodak images (spread over the 24)")
+    args = ap.parse_args()
     torch.set_num_threads(1)
-    images = [load_eval_image(p, 512) for p in held_out(TRAIN_DIR, 8)]
-    curves = []
-    for path in sys.argv[1:3]:
+    sets = image_sets(args.by_source, args.kodak)
+    curves: dict[str, list] = {name: [] for name in sets}
+    for path in (args.first, args.second):
         model, step = load_ema(path)
-        result = evaluate(model, images, range(len(model.lambdas)))
-        rates, psnrs = result["bpp"], result["psnr"]
-        curves.append((rates, psnrs))
-        print(f"{path} (step {step}): " + ", ".join(f"{r:.4f}/{p:.3f}" for r, p in zip(rates, psnrs)), flush=True)
-    (ra, pa), (rb, pb) = curves
-    print(f"BD-rate of the second against the first: {bd_rate(ra, pa, rb, pb):+.2f} %")
+        for name, images in sets.items():
+            result = evaluate(model, images, range(len(model.lambdas)))
+            rates, psnrs = result["bpp"], result["psnr"]
+            curves[name].append((rates, psnrs))
+            print(f"{path} (step {step}), {name} ({len(images)}): "
+                  + ", ".join(f"{r:.4f}/{p:.3f}" for r, p in zip(rates, psnrs)), flush=True)
+    for name, ((ra, pa), (rb, pb)) in curves.items():
+        print(f"BD-rate of the second against the first, {name}: {bd_rate(ra, pa, rb, pb):+.2f} %")
 
 
 if __name__ == "__main__":
