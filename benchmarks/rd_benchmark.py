@@ -342,6 +342,15 @@ def bd_metric(
     return _bd(la, ma, lt, mt)
 
 
+def rate_at(rates: Sequence[float], metric: Sequence[float], at: float) -> float:
+    """A curve's rate at a metric value, from the cubic fit of log(rate) that BD-rate uses; NaN outside the
+    curve's metric range (no extrapolation) or with fewer than four points."""
+    lr, m = _curve(rates, metric)
+    if len(np.unique(m)) < BD_MIN_POINTS or not m.min() <= at <= m.max():
+        return math.nan
+    return float(np.exp(np.polyval(np.polyfit(m, lr, 3), at)))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------------------------
@@ -460,6 +469,29 @@ def bd_table(avgs: list[Average]) -> str:
         "(positive = better). 'n/a': fewer than 4 points or no overlap.",
         "",
     ]
+    return "\n".join(lines)
+
+
+def point_table(avgs: list[Average], codec: str = "DCV") -> str:
+    """Where a codec gains or loses along its curve: at each of its settings, its rate against each
+    anchor's rate at the same PSNR (the anchor's fitted curve, inside its PSNR range only)."""
+    cs = curves(avgs)
+    anchors = [a for a in ANCHORS if a in cs and a != codec]
+    if codec not in cs or not anchors:
+        return ""
+    lines = [
+        f"### {codec} setting by setting",
+        "",
+        "| setting | bpp | PSNR | " + " | ".join(f"vs {a} at equal PSNR" for a in anchors) + " |",
+        "|---:|---:|---:|" + "---:|" * len(anchors),
+    ]
+    for t in sorted(cs[codec], key=lambda x: x.setting):
+        cells = []
+        for a in anchors:
+            ref = rate_at([x.bpp for x in cs[a]], [x.psnr for x in cs[a]], t.psnr)
+            cells.append(_pct((t.bpp / ref - 1) * 100))
+        lines.append(f"| {t.setting:g} | {t.bpp:.3f} | {t.psnr:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "Rate against the anchor's rate at the same PSNR; 'n/a' outside the anchor's range.", ""]
     return "\n".join(lines)
 
 
@@ -827,7 +859,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     memory = measure_memory(codecs, crop_data, crop_image, args)
     write_csv(args.out / "memory.csv", memory)
 
-    table = bd_table(avgs)
+    table = bd_table(avgs) + "\n" + point_table(avgs)
     per_image_s = {n: s / len(paths) for n, s in seconds.items()}
     timing = "; ".join(f"{n}: {s:.1f} s" for n, s in per_image_s.items())
     mem_text = "; ".join(f"{m.codec}: {m.cold_decode_peak_mib:.0f} / {m.warm_decode_peak_mib:.0f} MiB" for m in memory)
