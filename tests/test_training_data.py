@@ -66,3 +66,21 @@ def test_source_weights_scale_a_folders_share_of_the_crops(tmp_path: Path) -> No
     np.testing.assert_allclose(weighted.weights, [0.8, 0.2])
     draws = np.concatenate([weighted.batch(50)[:, 0, 0, 0] for _ in range(20)])
     assert abs(np.mean(draws == 200) - 0.2) < 0.05
+
+
+def test_rescaled_crops_are_downscaled_windows_of_the_photo(tmp_path: Path) -> None:
+    from data import CropSampler, random_crop
+
+    ramp = np.repeat(np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 128, axis=0), 3, axis=2)
+    rng = np.random.default_rng(0)
+    plain = random_crop(ramp, 32, rng)
+    assert np.ptp(plain[0, :, 0].astype(int)) == 31  # 32 neighbouring columns
+    zoomed = random_crop(ramp, 32, rng, scale=(0.25, 0.25))
+    assert zoomed.shape == (32, 32, 3)
+    assert np.ptp(zoomed[0, :, 0].astype(int)) > 100  # a 128-pixel window brought down to 32
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    build_cache(tmp_path, tmp_path / "cache")
+    with pytest.raises(ValueError, match="scale"):
+        CropSampler(tmp_path / "cache", 32, scale=(0.5, 1.5))
+    batch = CropSampler(tmp_path / "cache", 32, scale=(0.3, 0.6)).batch(4)
+    assert batch.shape == (4, 32, 32, 3) and batch.dtype == np.uint8

@@ -78,17 +78,31 @@ def build_cache(root: Path, cache_dir: Path) -> None:
     (cache_dir / "index.json").write_text(json.dumps({"source": str(root), "images": index}))
 
 
-def random_crop(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """A random crop x crop window of img (h, w, 3), flipped horizontally half the time."""
-    top = rng.integers(0, img.shape[0] - crop + 1)
-    left = rng.integers(0, img.shape[1] - crop + 1)
-    tile = img[top : top + crop, left : left + crop]
+def random_crop(
+    img: np.ndarray, crop: int, rng: np.random.Generator, scale: tuple[float, float] = (1.0, 1.0)
+) -> np.ndarray:
+    """A random crop x crop window of img (h, w, 3), flipped horizontally half the time.
+
+    With ``scale`` (lo, hi), hi <= 1, the window is first cut at crop / s for a log-uniform s in
+    [lo, hi] (as far as the photo allows) and downscaled to crop x crop: a random zoom-out that
+    shows the model more detail per crop and washes out the source's noise and JPEG blocking."""
+    window = crop
+    if scale[0] < 1.0:
+        s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
+        window = min(round(crop / s), img.shape[0], img.shape[1])
+        if window < crop * 1.05:  # too small to zoom out: no resampling blur for a 1-2 % change
+            window = crop
+    top = rng.integers(0, img.shape[0] - window + 1)
+    left = rng.integers(0, img.shape[1] - window + 1)
+    tile = img[top : top + window, left : left + window]
+    if window != crop:
+        tile = np.asarray(Image.fromarray(np.ascontiguousarray(tile)).resize((crop, crop), Image.Resampling.BICUBIC))
     return tile[:, ::-1] if rng.random() < 0.5 else tile
 
 
 class CropSampler:
     """Random crops of the cached photos, every pixel equally likely unless ``entry_weights`` (one
-    per cache entry) scales some photos' pixels up or down."""
+    per cache entry) scales some photos' pixels up or down; ``scale`` as in ``random_crop``."""
 
     def __init__(
         self,
@@ -97,7 +111,11 @@ class CropSampler:
         seed: int = 0,
         exclude: set[int] = frozenset(),
         entry_weights: list[float] | None = None,
+        scale: tuple[float, float] = (1.0, 1.0),
     ) -> None:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must be 0 < lo <= hi <= 1, not {scale}")
+        self.scale = (float(scale[0]), float(scale[1]))
         self.pixels = np.load(cache_dir / "pixels.npy", mmap_mode="r")
         meta = json.loads((cache_dir / "index.json").read_text())
         keep = [n for n, e in enumerate(meta["images"]) if e[1] >= crop and e[2] >= crop and n not in exclude]
@@ -115,7 +133,8 @@ class CropSampler:
         picks = self.rng.choice(len(self.images), size=size, p=self.weights)
         for k, i in enumerate(picks):
             offset, h, w = self.images[i]
-            out[k] = random_crop(self.pixels[offset : offset + h * w * 3].reshape(h, w, 3), self.crop, self.rng)
+            photo = self.pixels[offset : offset + h * w * 3].reshape(h, w, 3)
+            out[k] = random_crop(photo, self.crop, self.rng, self.scale)
         return out
 
 

@@ -300,7 +300,8 @@ def main() -> None:
             sampler = BucketSampler(cache, cfg["data"]["buckets"], seed=int(time.time()), exclude=excluded)
         else:
             sampler = CropSampler(cache, cfg["data"]["crop"], seed=int(time.time()), exclude=excluded,
-                                  entry_weights=source_weights(train_dir, cfg["data"].get("source_weights", {})))
+                                  entry_weights=source_weights(train_dir, cfg["data"].get("source_weights", {})),
+                                  scale=tuple(cfg["data"].get("rescale", (1.0, 1.0))))
         print(f"{len(sampler.images)} cached images to sample; held out: {[p.name for p in holdout]}", flush=True)
 
     model = DCVModel(**cfg["model"]).to(device, memory_format=torch.channels_last)
