@@ -32,13 +32,20 @@ def held_out(root: Path, count: int) -> list[Path]:
     return paths[step // 2 :: step][:count]
 
 
-def cache_entries(root: Path, paths: list[Path]) -> set[int]:
-    """Indices of the cache entries that ``build_cache`` made from ``paths`` (one per photo, two for
-    photos also stored at half size), found from the image sizes without decoding."""
-    wanted, entries, n = set(paths), set(), 0
+def _cache_layout(root: Path) -> list[tuple[Path, int]]:
+    """(photo, number of cache entries it makes) in cache order: one entry per photo, two for photos
+    also stored at half size; found from the image sizes without decoding."""
+    layout = []
     for path in list_images(root):
         with Image.open(path) as im:
-            count = 2 if min(im.size) >= HALF_SIZE_MIN_SIDE else 1
+            layout.append((path, 2 if min(im.size) >= HALF_SIZE_MIN_SIDE else 1))
+    return layout
+
+
+def cache_entries(root: Path, paths: list[Path]) -> set[int]:
+    """Indices of the cache entries that ``build_cache`` made from ``paths``."""
+    wanted, entries, n = set(paths), set(), 0
+    for path, count in _cache_layout(root):
         if path in wanted:
             entries.update(range(n, n + count))
         n += count
@@ -46,14 +53,8 @@ def cache_entries(root: Path, paths: list[Path]) -> set[int]:
 
 
 def cache_sources(root: Path) -> list[str]:
-    """The source folder (first path part under ``root``) of every cache entry, in cache order, found
-    from the image sizes without decoding, as ``cache_entries`` does."""
-    sources = []
-    for path in list_images(root):
-        with Image.open(path) as im:
-            count = 2 if min(im.size) >= HALF_SIZE_MIN_SIDE else 1
-        sources += [path.relative_to(root).parts[0]] * count
-    return sources
+    """The source folder (first path part under ``root``) of every cache entry, in cache order."""
+    return [path.relative_to(root).parts[0] for path, count in _cache_layout(root) for _ in range(count)]
 
 
 def build_cache(root: Path, cache_dir: Path) -> None:

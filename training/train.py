@@ -297,6 +297,8 @@ def main() -> None:
         holdout = held_out(train_dir, cfg["run"].get("holdout_images", 0))
         excluded = cache_entries(train_dir, holdout)
         if "buckets" in cfg["data"]:
+            if {"source_weights", "rescale"} & set(cfg["data"]):
+                raise ValueError("[data] source_weights and rescale work with crop, not with buckets")
             sampler = BucketSampler(cache, cfg["data"]["buckets"], seed=int(time.time()), exclude=excluded)
         else:
             sampler = CropSampler(cache, cfg["data"]["crop"], seed=int(time.time()), exclude=excluded,
