@@ -43,15 +43,29 @@ def load_ema(path: str) -> tuple[DCVModel, int]:
 
 
 def image_sets(by_source: bool, kodak: int) -> dict[str, list]:
+    """Image sets to evaluate. With by_source the held-out photos come as two sets (BSDS500, others),
+    and their whole-set curve is the weighted mean of the two, not a second evaluation."""
     paths = held_out(TRAIN_DIR, 8)
-    sets = {"held-out": [load_eval_image(p, 512) for p in paths]}
+    images = [load_eval_image(p, 512) for p in paths]
     if by_source:
         bsds = [p.relative_to(TRAIN_DIR).parts[0] == "bsds500" for p in paths]
-        sets["held-out bsds500"] = [im for im, b in zip(sets["held-out"], bsds) if b]
-        sets["held-out others"] = [im for im, b in zip(sets["held-out"], bsds) if not b]
+        sets = {
+            "held-out bsds500": [im for im, b in zip(images, bsds) if b],
+            "held-out others": [im for im, b in zip(images, bsds) if not b],
+        }
+    else:
+        sets = {"held-out": images}
     if kodak:
         sets["kodak"] = load_eval_images(SHARED / "kodak", kodak)
     return sets
+
+
+def pooled(parts: list[tuple[int, list[float], list[float]]]) -> tuple[list[float], list[float]]:
+    """The mean curve of several image sets, from each set's (size, rates, PSNRs)."""
+    total = sum(n for n, _, _ in parts)
+    rates = [sum(n * r[k] for n, r, _ in parts) / total for k in range(len(parts[0][1]))]
+    psnrs = [sum(n * p[k] for n, _, p in parts) / total for k in range(len(parts[0][2]))]
+    return rates, psnrs
 
 
 def main() -> None:
@@ -63,14 +77,19 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     sets = image_sets(args.by_source, args.kodak)
-    curves: dict[str, list] = {name: [] for name in sets}
+    groups = [name for name in sets if name.startswith("held-out ")]
+    curves: dict[str, list] = {name: [] for name in (["held-out"] if groups else []) + list(sets)}
     for path in (args.first, args.second):
         model, step = load_ema(path)
         for name, images in sets.items():
             result = evaluate(model, images, range(len(model.lambdas)))
-            rates, psnrs = result["bpp"], result["psnr"]
-            curves[name].append((rates, psnrs))
-            print(f"{path} (step {step}), {name} ({len(images)}): "
+            curves[name].append((result["bpp"], result["psnr"]))
+        if groups:
+            curves["held-out"].append(pooled([(len(sets[g]), *curves[g][-1]) for g in groups]))
+        for name, runs in curves.items():
+            rates, psnrs = runs[-1]
+            size = len(sets[name]) if name in sets else sum(len(sets[g]) for g in groups)
+            print(f"{path} (step {step}), {name} ({size}): "
                   + ", ".join(f"{r:.4f}/{p:.3f}" for r, p in zip(rates, psnrs)), flush=True)
     for name, ((ra, pa), (rb, pb)) in curves.items():
         print(f"BD-rate of the second against the first, {name}: {bd_rate(ra, pa, rb, pb):+.2f} %")
