@@ -85,18 +85,21 @@ def test_z_row_is_the_nearest_whole_quality(fitted_model) -> None:
     assert {model.z_row(q) for q in (1.0, 4.5, 8.0)} == {0}
 
 
-@pytest.mark.parametrize("quality", [2.498, 2.5, 8.0])
 def test_files_with_fitted_tables_are_smaller_and_decode_to_the_same_pixels(
-    fitted_model, monkeypatch: pytest.MonkeyPatch, quality: float
+    fitted_model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Sizes summed over the ladder: the y tables are fitted over all qualities at once, and a
+    # file's rANS stream grows in 32-bit words, so one quality of a small photo may tie.
     model, fitted, a = fitted_model
     monkeypatch.setitem(models._models, "dcv-test-own", model)
     monkeypatch.setitem(models._models, "dcv-test-fit", fitted)
-    plain = codec.encode(a, "RGB", quality, model_id="dcv-test-own")
-    smaller = codec.encode(a, "RGB", quality, model_id="dcv-test-fit")
-    assert len(smaller) < len(plain)
-    pixels = [codec.decode(io.BytesIO(d), codec.read_info(io.BytesIO(d))) for d in (plain, smaller)]
-    np.testing.assert_array_equal(pixels[0], pixels[1])
+    sizes = np.zeros(2, dtype=np.int64)
+    for quality in (1.0, 2.498, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0):
+        files = [codec.encode(a, "RGB", quality, model_id=m) for m in ("dcv-test-own", "dcv-test-fit")]
+        sizes += [len(f) for f in files]
+        pixels = [codec.decode(io.BytesIO(f), codec.read_info(io.BytesIO(f))) for f in files]
+        np.testing.assert_array_equal(pixels[0], pixels[1])
+    assert sizes[1] < 0.99 * sizes[0]
 
 
 def test_tile_symbols_are_what_a_file_holds(photo: Image.Image) -> None:
