@@ -86,10 +86,18 @@ def _jxl_kwargs(quality: float) -> dict[str, Any]:
     return {"quality": int(quality), "num_threads": _jxl_threads}
 
 
-# Library defaults for effort/speed (WebP method 4, AVIF speed 6 with aom, JPEG XL effort 7, libjpeg 4:2:0).
+_dcv_effort: int | None = None  # None: the plugin's default; set by --dcv-effort
+
+
+def _dcv_kwargs(quality: float) -> dict[str, Any]:
+    return {"quality": quality} if _dcv_effort is None else {"quality": quality, "effort": _dcv_effort}
+
+
+# Library defaults for effort/speed (DCV effort 4, WebP method 4, AVIF speed 6 with aom, JPEG XL effort 7,
+# libjpeg 4:2:0).
 # The ranges cover roughly 0.1 to 2 bpp on Kodak (JPEG cannot go much below 0.2 bpp).
 CODECS: dict[str, Codec] = {
-    "DCV": Codec("DCV", [1, 2, 3, 4, 5, 6, 7, 8], lambda q: {"quality": q}, "quality"),
+    "DCV": Codec("DCV", [1, 2, 3, 4, 5, 6, 7, 8], _dcv_kwargs, "quality"),
     "JPEG": Codec("JPEG", [3, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90], lambda q: {"quality": int(q)}, "quality"),
     "WebP": Codec("WEBP", [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90], lambda q: {"quality": int(q)}, "quality"),
     "AVIF": Codec("AVIF", [5, 15, 25, 35, 45, 55, 65, 75, 85], lambda q: {"quality": int(q)}, "quality"),
@@ -669,7 +677,8 @@ def environment(threads: int) -> list[str]:
         f"command: {' '.join([Path(sys.executable).name, *sys.argv])}",
         f"machine: {platform.platform()}; CPU: {_cpu_model()}; cores: {os.cpu_count()} (usable: {affinity})",
         f"python: {platform.python_version()}; threads per codec: {threads or 'library default'}",
-        f"pillow-dcv: {pillow_dcv.__version__} (git {_git_revision()}; models: {models})",
+        f"pillow-dcv: {pillow_dcv.__version__} (git {_git_revision()}; models: {models}; "
+        f"effort: {_dcv_effort or pillow_dcv.codec.DEFAULT_EFFORT})",
         f"Pillow: {Image.__version__}; numpy: {np.__version__}; onnxruntime: {_version('onnxruntime')}; "
         f"torch: {_version('torch')}; pytorch-msssim: {_version('pytorch-msssim')}; "
         f"matplotlib: {_version('matplotlib')}",
@@ -725,6 +734,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="threads for DCV, AVIF and JPEG XL (0: each library's default; default: %(default)s)",
     )
+    ap.add_argument("--dcv-effort", type=int, default=None, help="DCV's effort (default: the plugin's)")
     ap.add_argument("--repeat", type=int, default=1, help="time each encode/decode N times, keep the fastest")
     ap.add_argument("--crop-image", default=None, help="image (file name) for crops.png (default: the first)")
     ap.add_argument("--crop-size", type=int, default=192, help="crop side in pixels (default: %(default)s)")
@@ -770,8 +780,9 @@ def warm_up(codecs: dict[str, Codec], image: Image.Image) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _dcv_effort
     args = parse_args(argv)
-
+    _dcv_effort = args.dcv_effort
     env = environment(args.threads)
     print("\n".join(env))
     set_threads(args.threads)

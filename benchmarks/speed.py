@@ -27,7 +27,7 @@ CHILD = r"""
 import io, json, os, resource, sys, time
 from PIL import Image
 import pillow_dcv
-path, width, height, quality, threads, what, coded = sys.argv[1:8]
+path, width, height, quality, threads, what, coded, effort = sys.argv[1:9]
 pillow_dcv.set_threads(int(threads))
 # Set-up is not part of the per-image time: load the model and create the onnxruntime sessions by
 # coding a small image once (a program that codes one image pays this once; it is printed apart).
@@ -49,7 +49,9 @@ if what == "encode":
         im = im.resize((int(width), int(height)), Image.Resampling.LANCZOS)
     pixels = im.width * im.height
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.perf_counter(); im.save(coded, "DCV", quality=float(quality)); dt = time.perf_counter() - t
+    t = time.perf_counter()
+    im.save(coded, "DCV", quality=float(quality), effort=int(effort))
+    dt = time.perf_counter() - t
 else:  # decode only: the file was written by the encode run, so the peak below is the decoder's own
     model = pillow_dcv.models.get_model()
     timed(pillow_dcv.entropy.Decoder, "decode", "entropy"); timed(model.prior, "hyper", "prior")
@@ -65,8 +67,10 @@ print(json.dumps({"what": what, "mpx": mpx, "ms_per_mpx": dt * 1000 / mpx, "seco
 """
 
 
-def measure(path: Path, size: tuple[int, int], quality: float, threads: int, what: str, coded: Path) -> dict:
-    args = [sys.executable, "-c", CHILD, *map(str, (path, *size, quality, threads, what, coded))]
+def measure(
+    path: Path, size: tuple[int, int], quality: float, threads: int, what: str, coded: Path, effort: int
+) -> dict:
+    args = [sys.executable, "-c", CHILD, *map(str, (path, *size, quality, threads, what, coded, effort))]
     out = subprocess.run(args, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -103,20 +107,24 @@ def main() -> None:
         f"onnxruntime {onnxruntime.__version__}; threads {args.threads or os.cpu_count()}; quality {args.quality}"
     )
     big = tuple(int(v) for v in args.big_side.split("x"))
-    print(f"{'image':28} {'op':7} {'Mpx':>6} {'ms/Mpx':>8} {'s':>7} {'peak RSS MB':>12} {'bpp':>6} {'set-up s':>9}")
+    # encode at effort 1 (no orientation search) and at the default; decode the default's file
+    default = pillow_dcv.codec.DEFAULT_EFFORT
+    runs = (("encode", 1), ("encode", default), ("decode", default))
+    print(f"{'image':28} {'op':9} {'Mpx':>6} {'ms/Mpx':>8} {'s':>7} {'peak RSS MB':>12} {'bpp':>6} {'set-up s':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for label, size in ((args.image.name, (0, 0)), (f"{args.image.name} upscaled {args.big_side}", big)):
             coded = Path(tmp) / "image.dcv"
-            for what in ("encode", "decode"):
-                r = measure(args.image, size, args.quality, args.threads, what, coded)
+            for what, effort in runs:
+                r = measure(args.image, size, args.quality, args.threads, what, coded, effort)
+                op = f"{what} e{effort}" if what == "encode" else what
                 print(
-                    f"{label:28} {what:7} {r['mpx']:>6.2f} {r['ms_per_mpx']:>8.0f} {r['seconds']:>7.2f} "
+                    f"{label:28} {op:9} {r['mpx']:>6.2f} {r['ms_per_mpx']:>8.0f} {r['seconds']:>7.2f} "
                     f"{r['peak_rss_mb']:>12.0f} {r['bpp']:>6.3f} {r['setup_s']:>9.2f}"
                 )
                 if r["stages_ms_per_mpx"]:
                     parts = ", ".join(f"{k} {v:.0f}" for k, v in r["stages_ms_per_mpx"].items())
                     rest = r["ms_per_mpx"] - sum(r["stages_ms_per_mpx"].values())
-                    print(f"{'':28} {'':7} ms/Mpx by stage: {parts}, other {rest:.0f}")
+                    print(f"{'':28} {'':9} ms/Mpx by stage: {parts}, other {rest:.0f}")
     print("set-up: loading the model and creating the onnxruntime sessions, once per process (not in ms/Mpx)")
 
 

@@ -121,13 +121,14 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     icc_profile = _metadata_bytes("icc_profile", info.get("icc_profile", im.info.get("icc_profile")))
     exif = _exif_bytes(info.get("exif", im.info.get("exif")))
     xmp = _metadata_bytes("xmp", info.get("xmp", im.info.get("xmp")))
+    effort = codec.validate_effort(info.get("effort", codec.DEFAULT_EFFORT))
     tile_size = info.get("tile_size", codec.DEFAULT_TILE_SIZE)
     if isinstance(tile_size, bool) or not isinstance(tile_size, int):
         raise ValueError("tile_size must be an integer")
     frame = _encodable(im)
     frame.load()
     pixels = np.asarray(frame).reshape(frame.height, frame.width, len(frame.mode))
-    data = codec.encode(pixels, frame.mode, quality, icc_profile=icc_profile, exif=exif, xmp=xmp,
+    data = codec.encode(pixels, frame.mode, quality, effort=effort, icc_profile=icc_profile, exif=exif, xmp=xmp,
                         tile_size=tile_size)
     fp.write(data)
 

@@ -1,6 +1,6 @@
 """The ``dcv`` command: encode, decode and inspect .dcv files.
 
-    dcv encode IN... [-q 4] [-o DIR]     any image Pillow reads -> IN.dcv
+    dcv encode IN... [-q 6] [-e 4] [-o DIR]   any image Pillow reads -> IN.dcv
     dcv decode IN.dcv OUT.png            .dcv -> any format Pillow writes
     dcv info X.dcv...                    header, chunk table, bits per pixel
 
@@ -33,7 +33,9 @@ def progress(items: list, description: str) -> Iterator:
     return iter(items)
 
 
-def encode_files(paths: Iterable[Path], quality: float, out_dir: Path | None) -> int:
+def encode_files(
+    paths: Iterable[Path], quality: float, out_dir: Path | None, effort: int = codec.DEFAULT_EFFORT
+) -> int:
     paths = list(paths)
     failures = 0
     for path in progress(paths, "encoding"):
@@ -41,7 +43,7 @@ def encode_files(paths: Iterable[Path], quality: float, out_dir: Path | None) ->
         try:
             with Image.open(path) as im:
                 t = time.perf_counter()
-                im.save(target, "DCV", quality=quality)
+                im.save(target, "DCV", quality=quality, effort=effort)
                 elapsed = time.perf_counter() - t
                 bpp = target.stat().st_size * 8 / (im.width * im.height)
             if len(paths) == 1:
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     enc = sub.add_parser("encode", help="encode images to .dcv")
     enc.add_argument("inputs", nargs="+", type=Path)
     enc.add_argument("-q", "--quality", type=float, default=DcvImagePlugin.DEFAULT_QUALITY, help="1 (smallest) .. 8")
+    enc.add_argument("-e", "--effort", type=int, default=codec.DEFAULT_EFFORT,
+                     help="orientations tried, 1 (fastest) .. 8 (smallest files); default %(default)s")
     enc.add_argument("-o", "--out-dir", type=Path)
     dec = sub.add_parser("decode", help="decode a .dcv file to any format Pillow writes")
     dec.add_argument("input", type=Path)
@@ -104,11 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "encode":
         try:
             codec.validate_quality(args.quality)
+            codec.validate_effort(args.effort)
         except ValueError as e:
             parser.error(str(e))
         if args.out_dir is not None:
             args.out_dir.mkdir(parents=True, exist_ok=True)
-        failures = encode_files(args.inputs, args.quality, args.out_dir)
+        failures = encode_files(args.inputs, args.quality, args.out_dir, args.effort)
     elif args.command == "decode":
         failures = decode_file(args.input, args.output)
     else:

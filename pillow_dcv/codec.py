@@ -9,6 +9,7 @@ twice and tile edges do not show (the hyper-prior's context stops at a tile edge
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -28,6 +29,14 @@ ANALYSIS_MARGIN = 64
 SYNTHESIS_MARGIN = 3
 MIN_QUALITY, MAX_QUALITY = 1.0, 8.0
 MODES = ("RGB", "L", "RGBA", "LA")
+# The transforms' learned filters are not symmetric, so a picture turned or mirrored codes to other
+# bits and errors. The encoder tries `effort` of the 8 orientations (the identity, the three rotations,
+# then the four reflections) and keeps the one with the lowest rate + lambda * distortion; the header
+# says which, and the decoder turns the pixels back (spec section 4.1).
+ORIENTATIONS = (0, 5, 3, 6, 1, 2, 4, 7)
+MIN_EFFORT, MAX_EFFORT = 1, len(ORIENTATIONS)
+DEFAULT_EFFORT = 4
+SEARCH_SIDE = 1024  # a larger picture is searched on its centre: the search costs at most ~1 Mpx a try
 SIGNATURE = container.SIGNATURE
 
 
@@ -227,6 +236,7 @@ def decode_alpha(chunk: dict, height: int, width: int) -> np.ndarray:
 # -- images --------------------------------------------------------------------------------------
 
 
+
 def validate_quality(quality: float) -> float:
     if isinstance(quality, bool) or not isinstance(quality, (int, float, np.integer, np.floating)):
         raise ValueError(f"quality must be a number from 1 to 8, not {quality!r}")
@@ -237,18 +247,51 @@ def validate_quality(quality: float) -> float:
     return round(q * 256) / 256
 
 
+def validate_effort(effort: int) -> int:
+    if isinstance(effort, bool) or not isinstance(effort, (int, np.integer)):
+        raise ValueError(f"effort must be an integer from {MIN_EFFORT} to {MAX_EFFORT}, not {effort!r}")
+    if not MIN_EFFORT <= effort <= MAX_EFFORT:
+        raise ValueError(f"effort must be from {MIN_EFFORT} to {MAX_EFFORT}, got {effort}")
+    return int(effort)
+
+
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """The picture as it is coded: transposed if bit 2, then flipped top-bottom if bit 1, then
+    left-right if bit 0 (a view)."""
+    if orientation & 4:
+        pixels = pixels.transpose(1, 0, *range(2, pixels.ndim))
+    if orientation & 2:
+        pixels = pixels[::-1]
+    return pixels[:, ::-1] if orientation & 1 else pixels
+
+
+def unorient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """The inverse of :func:`orient` (a view)."""
+    if orientation & 1:
+        pixels = pixels[:, ::-1]
+    if orientation & 2:
+        pixels = pixels[::-1]
+    return pixels.transpose(1, 0, *range(2, pixels.ndim)) if orientation & 4 else pixels
+
+
 def encode(
     pixels: np.ndarray,
     mode: str,
     quality: float = 4,
     *,
+    effort: int = DEFAULT_EFFORT,
+    orientation: int | None = None,
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
     xmp: bytes | None = None,
     tile_size: int = DEFAULT_TILE_SIZE,
     model_id: str = DEFAULT_MODEL,
 ) -> bytes:
-    """Encode an (H, W, C) uint8 array (C = 3 for RGB, 1 for L, 4 for RGBA, 2 for LA) to .dcv bytes."""
+    """Encode an (H, W, C) uint8 array (C = 3 for RGB, 1 for L, 4 for RGBA, 2 for LA) to .dcv bytes.
+
+    `effort` (1..8) is how many orientations the encoder tries (time grows with it); `orientation`
+    (0..7) skips the search and codes that one.
+    """
     if mode not in MODES:
         raise ValueError(f"cannot encode mode {mode}")
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != len(mode):
@@ -259,16 +302,17 @@ def encode(
     if tile_size % DOWNSAMPLING or not DOWNSAMPLING <= tile_size <= 4096:
         raise ValueError(f"tile_size must be a multiple of {DOWNSAMPLING} from 64 to 4096")
     q = validate_quality(quality)
+    effort = validate_effort(effort)
+    if orientation is not None and (isinstance(orientation, bool) or orientation not in range(8)):
+        raise ValueError(f"orientation must be from 0 to 7, got {orientation!r}")
     try:
         model = get_model(model_id)
     except KeyError:
         raise ValueError(f"unknown model {model_id!r}") from None
-    gain, _ = model.gains(q)
     colour = pixels[:, :, :3] if mode.startswith("RGB") else np.repeat(pixels[:, :, :1], 3, axis=2)
-    padded = pad_to_multiple(colour, DOWNSAMPLING)
-    cells = tile_grid(padded.shape[1], padded.shape[0], tile_size)
-    z_row = model.z_row(int(q * 256) / 256)  # from the quality the header stores, as the decoder does
-    tiles = [encode_tile(model, padded, cell, gain, i, z_row) for i, cell in enumerate(cells)]
+    if orientation is None:
+        orientation = best_orientation(model, colour, q, ORIENTATIONS[:effort], tile_size)
+    tiles = encode_tiles(model, orient(colour, orientation), q, tile_size)
     header = {
         "version_major": container.VERSION_MAJOR,
         "version_minor": container.VERSION_MINOR,
@@ -281,20 +325,46 @@ def encode(
         "model_id": model.model_id,
         "model_hash": model.hash[: container.MODEL_HASH_SIZE],
         "coder": entropy.CODER_NAME,
+        "orientation": orientation,
     }
     alpha = encode_alpha(pixels[:, :, -1]) if mode.endswith("A") else None
     c = container.Container(header=header, tiles=tiles, alpha=alpha, icc_profile=icc_profile, exif=exif, xmp=xmp)
     return container.build(c)
 
 
-def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
-    """Decode the pixels of a file opened with :func:`read_info` -> (H, W, C) uint8.
+def encode_tiles(model: Model, colour: np.ndarray, quality: float, tile_size: int) -> list[dict]:
+    """The TILE payloads of an (H, W, 3) uint8 picture, in raster order."""
+    gain, _ = model.gains(quality)
+    padded = pad_to_multiple(np.ascontiguousarray(colour), DOWNSAMPLING)
+    cells = tile_grid(padded.shape[1], padded.shape[0], tile_size)
+    z_row = model.z_row(int(quality * 256) / 256)  # from the quality the header stores, as the decoder does
+    return [encode_tile(model, padded, cell, gain, i, z_row) for i, cell in enumerate(cells)]
 
-    The pixels are the synthesis of the whole latent mosaic. It is computed one tile at a time
-    on the tile's latents plus SYNTHESIS_MARGIN cells of its neighbours', which is exact because
-    the synthesis reaches less far. So one row of tiles is synthesised once the next row's
-    latents are decoded, and memory stays bounded by about two rows of latents.
-    """
+
+def best_orientation(
+    model: Model, colour: np.ndarray, quality: float, candidates: tuple[int, ...], tile_size: int
+) -> int:
+    """The candidate orientation whose file costs least in bits per pixel + lambda * MSE (the loss the
+    model was trained on), measured by coding and decoding the picture's centre (SEARCH_SIDE square)."""
+    if len(candidates) == 1:
+        return candidates[0]
+    height, width = colour.shape[:2]
+    y0, x0 = max(0, (height - SEARCH_SIDE) // 2), max(0, (width - SEARCH_SIDE) // 2)
+    sample = colour[y0 : y0 + SEARCH_SIDE, x0 : x0 + SEARCH_SIDE]
+    lam = model.rd_lambda(quality)
+    costs = []
+    for o in candidates:
+        turned = np.ascontiguousarray(orient(sample, o))
+        tiles = encode_tiles(model, turned, quality, tile_size)
+        decoded = synthesise(model, iter(tiles), "RGB", turned.shape[1], turned.shape[0], tile_size, quality)
+        bits = 8 * sum(len(t["stream"]) for t in tiles)
+        mse = float(np.mean(np.square(decoded.astype(np.float64) - turned)))
+        costs.append(bits / turned[:, :, 0].size + lam * mse)
+    return candidates[int(np.argmin(costs))]
+
+
+def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
+    """Decode the pixels of a file opened with :func:`read_info` -> (H, W, C) uint8."""
     header = info.index.container.header
     try:
         model = get_model(header["model_id"])
@@ -302,20 +372,48 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
         raise CorruptFileError(f"file needs model {header['model_id']!r}, which this version lacks") from None
     if model.hash[: container.MODEL_HASH_SIZE] != header["model_hash"]:
         raise CorruptFileError(f"file was made with different weights for model {header['model_id']!r}")
-    width, height, tile_size = info.width, info.height, header["tile_size"]
+    orientation = header["orientation"]
+    width, height = (info.height, info.width) if orientation & 4 else (info.width, info.height)
+
+    def tiles():
+        for i, (offset, size) in enumerate(info.index.tile_offsets):
+            try:
+                yield container.read_chunk(fp, offset, size)[1]
+            except container.ContainerError as e:
+                raise CorruptFileError(f"tile {i}: {e}") from None
+
+    coded = synthesise(model, tiles(), info.mode, width, height, header["tile_size"], info.quality, **session_args)
+    out = np.ascontiguousarray(unorient(coded, orientation)) if orientation else coded
+    if info.mode.endswith("A"):
+        out[:, :, -1] = decode_alpha(info.index.container.alpha, info.height, info.width)
+    return out
+
+
+def synthesise(
+    model: Model, tiles: Iterator[dict], mode: str, width: int, height: int, tile_size: int, quality: float,
+    **session_args,
+) -> np.ndarray:
+    """Pixels (height, width, len(mode)) uint8 of a picture from its TILE payloads in raster order
+    (an alpha channel is left unset).
+
+    The pixels are the synthesis of the whole latent mosaic. It is computed one tile at a time
+    on the tile's latents plus SYNTHESIS_MARGIN cells of its neighbours', which is exact because
+    the synthesis reaches less far. So one row of tiles is synthesised once the next row's
+    latents are decoded, and memory stays bounded by about two rows of latents.
+    """
     hp, wp = padded_size(height), padded_size(width)
-    _, inv_gain = model.gains(info.quality)
+    _, inv_gain = model.gains(quality)
     row_starts = list(range(0, hp, tile_size))
-    tiles = iter(enumerate(info.index.tile_offsets))
-    out = np.empty((height, width, len(info.mode)), dtype=np.uint8)
+    numbered = enumerate(tiles)
+    out = np.empty((height, width, len(mode)), dtype=np.uint8)
     margin = SYNTHESIS_MARGIN
     above = None  # the last latent rows of the previous row of tiles
-    z_row = model.z_row(info.quality)
-    current = _decode_latent_row(fp, model, tiles, row_starts[0], hp, wp, tile_size, z_row)
+    z_row = model.z_row(quality)
+    current = _decode_latent_row(model, numbered, row_starts[0], hp, wp, tile_size, z_row)
     for r, y0 in enumerate(row_starts):
         below = None
         if r + 1 < len(row_starts):
-            below = _decode_latent_row(fp, model, tiles, row_starts[r + 1], hp, wp, tile_size, z_row)
+            below = _decode_latent_row(model, numbered, row_starts[r + 1], hp, wp, tile_size, z_row)
         parts = [p for p in (above, current, below[:, :margin] if below is not None else None) if p is not None]
         band = np.concatenate(parts, axis=1) if len(parts) > 1 else current
         top = 0 if above is None else above.shape[1]
@@ -323,24 +421,18 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
         for x0 in range(0, wp, tile_size):  # every cell starts inside the image: wp - width < 64 <= tile_size
             cols = (x0, min(x0 + tile_size, width))
             pixels = _synthesise_cell(model, band, top, x0 // LATENT_STRIDE, rows, cols, inv_gain, session_args)
-            _store(out, pixels, rows, cols, info.mode)
+            _store(out, pixels, rows, cols, mode)
         above, current = current[:, -margin:], below
-    if info.mode.endswith("A"):
-        out[:, :, -1] = decode_alpha(info.index.container.alpha, height, width)
     return out
 
 
-def _decode_latent_row(fp, model, tiles, y0: int, hp: int, wp: int, tile_size: int, z_row: int) -> np.ndarray:
+def _decode_latent_row(model, numbered, y0: int, hp: int, wp: int, tile_size: int, z_row: int) -> np.ndarray:
     """Entropy-decode one row of tiles into a latent band (M, rows/16, wp/16)."""
     y1 = min(y0 + tile_size, hp)
     cells = []
     for x0 in range(0, wp, tile_size):
         x1 = min(x0 + tile_size, wp)
-        i, (offset, size) = next(tiles)
-        try:
-            _, tile = container.read_chunk(fp, offset, size)
-        except container.ContainerError as e:
-            raise CorruptFileError(str(e)) from None
+        i, tile = next(numbered)
         cells.append(decode_tile(model, tile, i, y1 - y0, x1 - x0, z_row))
     return np.concatenate(cells, axis=2) if len(cells) > 1 else cells[0]
 

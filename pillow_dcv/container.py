@@ -36,8 +36,8 @@ from construct import (
 )
 
 SIGNATURE = b"\x89DCV\r\n\x1a\n"
-VERSION_MAJOR = 3
-VERSION_MINOR = 1
+VERSION_MAJOR = 4
+VERSION_MINOR = 0
 
 MAX_SIDE = 65535
 MAX_CHUNK_LENGTH = 1 << 30
@@ -65,6 +65,9 @@ Header = Struct(
     "model_id" / PaddedString(16, "ascii"),
     "model_hash" / Bytes(MODEL_HASH_SIZE),  # the first bytes of the SHA-256 of the model's files
     "coder" / Mapping(Int8ub, {"ans32": 1}),  # constriction AnsCoder, 32-bit words, little-endian
+    # how the coded picture was turned: bit 2 transposed, then bit 1 flipped top-bottom, bit 0 left-right
+    "orientation" / Int8ub,
+    Check(this.orientation <= 7),
     Terminated,
 )
 
@@ -192,6 +195,7 @@ def scan(fp: BinaryIO) -> Index:
     first = next_chunk()
     if first is None or first[0] != HEADER:
         raise ContainerError("the first chunk must be DHDR")
+    _check_version(fp, first[1])
     container = Container(header=_checked_header(read_chunk(fp, first[1], first[2])[1]))
     expected = tile_count(container.header)
     tile_offsets: list[tuple[int, int]] = []
@@ -234,10 +238,16 @@ def verify(fp: BinaryIO) -> None:
         read_chunk(fp, offset, size)
 
 
+def _check_version(fp: BinaryIO, offset: int) -> None:
+    """Before the header is parsed: another major version may lay it out differently."""
+    fp.seek(offset + ChunkHead.sizeof())
+    version = fp.read(2)
+    if len(version) == 2 and version[0] != VERSION_MAJOR:
+        raise ContainerError(f"unsupported DCV version {version[0]}.{version[1]}")
+
+
 def _checked_header(data: object) -> dict:
     header = _plain(data)
-    if header["version_major"] != VERSION_MAJOR:
-        raise ContainerError(f"unsupported DCV version {header['version_major']}.{header['version_minor']}")
     if header["tile_size"] == 0 or header["tile_size"] % 64:
         raise ContainerError(f"invalid tile size {header['tile_size']}")
     return header

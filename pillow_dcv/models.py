@@ -94,6 +94,12 @@ class Model:
         shape = (1, self.latent_channels, 1, 1)
         return np.exp(g).astype(np.float32).reshape(shape), np.exp(ig).astype(np.float32).reshape(shape)
 
+    def rd_lambda(self, quality: float) -> float:
+        """The training loss's lambda (bpp + lambda * MSE on 0..255) at quality: geometric between the
+        ladder's, like the gains. The encoder weighs its choices with it."""
+        log_lambdas = np.log(self.meta["config"]["lambdas"])
+        return float(np.exp(np.interp(quality, np.arange(1, len(log_lambdas) + 1), log_lambdas)))
+
     def z_row(self, quality: float) -> int:
         """The row of z tables that a file of header quality `quality` (a multiple of 1/256) uses: the
         nearest whole quality's, halves up."""

@@ -24,7 +24,7 @@ from pillow_dcv.models import get_model
 
 SPEC = Path(__file__).resolve().parent / "format.md"
 COMMAND = """python3 -c "import pillow_dcv; from PIL import Image; \\
-  Image.new('RGB',(16,16),(200,120,40)).save('/tmp/spec_example.dcv', quality=1)\""""
+  Image.new('RGB',(16,16),(200,120,40)).save('/tmp/spec_example.dcv', quality=1, effort=1)\""""
 
 
 def quantised_table(counts: np.ndarray) -> list[int]:
@@ -118,7 +118,7 @@ def h(data: bytes) -> str:
 
 def section() -> str:
     buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (200, 120, 40)).save(buf, "DCV", quality=1)
+    Image.new("RGB", (16, 16), (200, 120, 40)).save(buf, "DCV", quality=1, effort=1)
     data = buf.getvalue()
     info = codec.read_info(io.BytesIO(data))
     header = info.index.container.header
@@ -159,7 +159,8 @@ def section() -> str:
         ("0x2C", h(data[44 : 44 + hash_size]), "model_hash",
          f"the first {hash_size} bytes of the SHA-256 of the model files, `{model.hash.hex()}`"),
         ("0x34", h(data[52:53]), "coder", "ans32"),
-        ("0x35", h(data[53:57]), "CRC-32 of bytes 0x08–0x34", ""),
+        ("0x35", h(data[53:54]), "orientation", f"{header['orientation']} → coded as it is (effort 1: no search)"),
+        ("0x36", h(data[54:58]), "CRC-32 of bytes 0x08–0x35", ""),
         (f"0x{t0:02X}", h(data[t0 : t0 + 4]), "chunk type", "`TILE`"),
         (f"0x{t0 + 4:02X}", h(data[t0 + 4 : t0 + 8]), "length", f"{tile_size - 12} = 4 + {n}"),
         (f"0x{t0 + 8:02X}", h(data[t0 + 8 : t0 + 12]), "symbols_crc", f"0x{tile['symbols_crc']:08X}"),

@@ -19,7 +19,7 @@ def test_encode_decode_info(photo: Image.Image, tmp_path: Path, capsys: pytest.C
         photo.save(path)
         sources.append(path)
     out = tmp_path / "out"
-    assert main(["encode", *map(str, sources), "-q", "3", "-o", str(out)]) == 0
+    assert main(["encode", *map(str, sources), "-q", "3", "-e", "2", "-o", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.dcv", "b.dcv"]
     assert main(["decode", str(out / "a.dcv"), str(tmp_path / "a_decoded.png")]) == 0
     assert Image.open(tmp_path / "a_decoded.png").size == photo.size
@@ -39,4 +39,7 @@ def test_failures_give_exit_status_1(tmp_path: Path) -> None:
     assert main(["encode", str(tmp_path / "missing.png")]) == 1
     with pytest.raises(SystemExit) as e:
         main(["encode", str(bad), "-q", "9"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["encode", str(bad), "-e", "0"])
     assert e.value.code == 2

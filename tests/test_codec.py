@@ -591,3 +591,47 @@ def test_reconstruction_offset_table_lookup() -> None:
     np.testing.assert_allclose(got, [0, 0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0])
     Fake.recon_offsets = None
     assert codec.reconstruction_offset(Fake(), symbols, index) == 0.0
+
+
+def test_every_orientation_decodes_to_the_image(sample) -> None:
+    """Orientation o codes exactly the tiles of the picture turned by o (a non-square one in 2 x 3
+    tiles, so a transpose changes the grid), and the decoder turns the pixels back."""
+    pixels = np.asarray(sample.crop((40, 60, 170, 130)))  # 130 x 70
+    for o in range(8):
+        data, info = encode(pixels, 5, orientation=o, tile_size=64)
+        turned, _ = encode(np.ascontiguousarray(codec.orient(pixels, o)), 5, orientation=0, tile_size=64)
+        assert codec.describe(info)["header"]["orientation"] == o
+        assert codec.container.parse(data).tiles == codec.container.parse(turned).tiles
+        decoded = codec.decode(io.BytesIO(data), info)
+        assert decoded.shape == pixels.shape
+        assert psnr(decoded, pixels) > 27, o
+        assert np.array_equal(codec.orient(codec.unorient(pixels, o), o), pixels)
+
+
+def file_cost(pixels: np.ndarray, quality: float, orientation: int) -> float:
+    data, info = encode(pixels, quality, orientation=orientation)
+    mse = np.mean((codec.decode(io.BytesIO(data), info).astype(np.float64) - pixels) ** 2)
+    return 8 * len(data) / pixels[:, :, 0].size + get_model().rd_lambda(quality) * mse
+
+
+@pytest.mark.parametrize("quality", [2, 7.5])
+def test_effort_keeps_the_cheapest_of_its_orientations(photo, quality: float) -> None:
+    """The search keeps the orientation whose file costs least in rate + lambda * distortion, among
+    the first `effort` of codec.ORIENTATIONS; effort 1 codes the image as it is."""
+    pixels = np.asarray(photo)
+    costs = {o: file_cost(pixels, quality, o) for o in codec.ORIENTATIONS}
+    for effort in (1, 3, 8):
+        _, info = encode(pixels, quality, effort=effort)
+        tried = codec.ORIENTATIONS[:effort]
+        assert codec.describe(info)["header"]["orientation"] == min(tried, key=costs.get)
+    assert len(set(costs.values())) == len(costs)  # the orientations really code differently
+
+
+def test_large_pictures_are_searched_on_their_centre(sample, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "SEARCH_SIDE", 128)
+    coded = []
+    original = codec.encode_tiles
+    monkeypatch.setattr(codec, "encode_tiles", lambda m, c, *a: coded.append(c.shape) or original(m, c, *a))
+    pixels = np.asarray(sample.crop((0, 0, 300, 200)))
+    encode(pixels, 3, effort=4)
+    assert coded[:4] == [(128, 128, 3)] * 4 and coded[4] in ((200, 300, 3), (300, 200, 3))

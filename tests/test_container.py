@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,7 @@ headers = st.fixed_dictionaries(
         "model_id": st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=16),
         "model_hash": st.binary(min_size=C.MODEL_HASH_SIZE, max_size=C.MODEL_HASH_SIZE),
         "coder": st.just("ans32"),
+        "orientation": st.integers(0, 7),
     }
 )
 # 1 to 4 tiles: the header's size and tile size say how many a file holds
@@ -77,9 +79,15 @@ def minimal(tiles: int = 1) -> C.Container:
     header = {
         "version_major": C.VERSION_MAJOR, "version_minor": 0, "width": 64 * tiles, "height": 2, "colour": "rgb",
         "alpha": False, "quality": 1024, "tile_size": 64, "model_id": "m", "model_hash": bytes(C.MODEL_HASH_SIZE),
-        "coder": "ans32",
+        "coder": "ans32", "orientation": 0,
     }
     return C.Container(header=header, tiles=[{"symbols_crc": i, "stream": b""} for i in range(tiles)])
+
+
+def raw_chunk(chunk_type: bytes, payload: bytes) -> bytes:
+    """A chunk with a correct CRC around any payload (the builder would refuse a bad header)."""
+    body = chunk_type + len(payload).to_bytes(4, "big") + payload
+    return body + zlib.crc32(body).to_bytes(4, "big")
 
 
 def chunks_file(*chunks: tuple[bytes, object]) -> bytes:
@@ -150,15 +158,28 @@ def test_bad_tile_size_and_version() -> None:
     c.header["tile_size"] = 100
     with pytest.raises(C.ContainerError, match="tile size"):
         C.parse(C.build(c))
-    for major in (1, 2):  # 1 blended overlapping tiles; 2 had two streams per tile and an end chunk
+    for major in (1, 2, 3):  # 1 blended overlapping tiles; 2 had two streams per tile; 3 no orientation
         c = minimal()
         c.header["version_major"] = major
         with pytest.raises(C.ContainerError, match="unsupported DCV version"):
             C.parse(C.build(c))
+    c = minimal()
+    header = C.Header.build(c.header)[:-1] + b"\x08"  # orientation 8: there are 8, 0..7
+    with pytest.raises(C.ContainerError, match="damaged chunk"):
+        C.parse(C.SIGNATURE + raw_chunk(C.HEADER, header) + raw_chunk(C.TILE, bytes(4)))
+
+
+def test_version_3_header_is_reported_as_such() -> None:
+    """A 3.1 file's DHDR is a byte shorter (no orientation): the version is read before the layout."""
+    c = minimal()
+    header = {**c.header, "version_major": 3, "version_minor": 1}
+    data = C.SIGNATURE + raw_chunk(C.HEADER, C.Header.build(header)[:-1])
+    with pytest.raises(C.ContainerError, match=r"unsupported DCV version 3\.1"):
+        C.parse(data)
 
 
 def test_one_tile_file_overhead() -> None:
-    """What a one-tile RGB file spends besides its entropy-coded stream: signature 8, DHDR 12 + 37,
+    """What a one-tile RGB file spends besides its entropy-coded stream: signature 8, DHDR 12 + 38,
     TILE 12 + 4 (the symbols CRC)."""
     c = minimal()
-    assert len(C.build(c)) == 8 + 12 + 37 + 12 + 4
+    assert len(C.build(c)) == 8 + 12 + 38 + 12 + 4

@@ -11,6 +11,8 @@ import pytest
 from conftest import ROOT
 from PIL import Image
 
+from pillow_dcv import codec
+
 FIXTURES = ROOT / "fixtures"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 
@@ -22,6 +24,8 @@ def test_golden_file_decodes_to_pinned_pixels(name: str) -> None:
     assert hashlib.sha256(data).hexdigest() == expected["file_sha256"]
     with Image.open(FIXTURES / name) as im:
         im.verify()
+    with open(FIXTURES / name, "rb") as fp:
+        assert codec.describe(codec.read_info(fp))["header"]["orientation"] == expected["orientation"]
     with Image.open(FIXTURES / name) as im:
         assert im.mode == expected["mode"] and list(im.size) == expected["size"]
         pixels = np.asarray(im)

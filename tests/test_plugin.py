@@ -96,7 +96,11 @@ def test_bad_quality_raises_value_error(photo: Image.Image, quality: object, tmp
     assert not target.exists()
 
 
-@pytest.mark.parametrize("options", [{"tile_size": 100}, {"tile_size": "a"}, {"tile_size": 8192}, {"exif": 5}])
+@pytest.mark.parametrize(
+    "options",
+    [{"tile_size": 100}, {"tile_size": "a"}, {"tile_size": 8192}, {"exif": 5}, {"effort": 0}, {"effort": 9},
+     {"effort": 2.5}, {"effort": True}, {"effort": "4"}],
+)
 def test_bad_options_raise_value_error(photo: Image.Image, options: dict) -> None:
     with pytest.raises(ValueError):
         photo.save(io.BytesIO(), "DCV", **options)
