@@ -141,6 +141,14 @@ def tile_symbols(
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray, entropy.Tables]]]:
     """The z and y symbols of one tile cell, and the stream's parts ``(symbols, table, tables)`` in
     coding order (section 7.3); z uses row `z_row` of the z tables (Model.z_row)."""
+    z_sym, y_sym, parts, _ = _tile_latents(model, padded, cell, gain, z_row)
+    return z_sym, y_sym, parts
+
+
+def _tile_latents(
+    model: Model, padded: np.ndarray, cell: tuple[int, ...], gain: np.ndarray, z_row: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray, entropy.Tables]], np.ndarray]:
+    """tile_symbols, plus the latents the decoder will rebuild from them (as decode_tile does)."""
     y0, y1, x0, x1 = cell
     hp, wp = padded.shape[:2]
     wy0, wy1 = max(0, y0 - ANALYSIS_MARGIN), min(hp, y1 + ANALYSIS_MARGIN)
@@ -155,6 +163,7 @@ def tile_symbols(
     y = y.astype(np.float64)
     acc = model.prior.hyper(z_sym)
     y_sym = np.zeros(y.shape, dtype=np.int64)
+    centre = np.empty(y.shape)
     parts = [(z_sym, z_table, model.z_tables)]
     # each part is quantised around the means the decoder will have for it
     for part, update in model.prior.stages(y.shape):
@@ -162,8 +171,10 @@ def tile_symbols(
             acc = update(acc, y_sym)
         symbols, scale_index = quantise_latent(model, part.take(y), acc, part)
         part.put(y_sym, symbols)
+        # what the decoder adds to each symbol (decode_tile): the encoder's search looks at its result
+        part.put(centre, model.prior.tables_at(acc, part)[0] + reconstruction_offset(model, symbols, scale_index))
         parts.append((symbols, scale_index, model.y_tables))
-    return z_sym, y_sym, parts
+    return z_sym, y_sym, parts, (y_sym + centre).astype(np.float32)
 
 
 def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray, part: Part) -> tuple[np.ndarray, np.ndarray]:
@@ -351,16 +362,28 @@ def best_orientation(
     height, width = colour.shape[:2]
     y0, x0 = max(0, (height - SEARCH_SIDE) // 2), max(0, (width - SEARCH_SIDE) // 2)
     sample = colour[y0 : y0 + SEARCH_SIDE, x0 : x0 + SEARCH_SIDE]
-    lam = model.rd_lambda(quality)
-    costs = []
-    for o in candidates:
-        turned = np.ascontiguousarray(orient(sample, o))
-        tiles = encode_tiles(model, turned, quality, tile_size)
-        decoded = synthesise(model, iter(tiles), "RGB", turned.shape[1], turned.shape[0], tile_size, quality)
-        bits = 8 * sum(len(t["stream"]) for t in tiles)
-        mse = float(np.mean(np.square(decoded.astype(np.float64) - turned)))
-        costs.append(bits / turned[:, :, 0].size + lam * mse)
+    costs = [rd_cost(model, np.ascontiguousarray(orient(sample, o)), quality, tile_size) for o in candidates]
     return candidates[int(np.argmin(costs))]
+
+
+def rd_cost(model: Model, colour: np.ndarray, quality: float, tile_size: int) -> float:
+    """Bits per pixel of the picture's tile streams + lambda * MSE (0..255) of its decoded pixels. The
+    pixels come from the latents the encoder quantised, as the decoder rebuilds them, not from a
+    second pass through the prior and the entropy decoder."""
+    gain, _ = model.gains(quality)
+    padded = pad_to_multiple(colour, DOWNSAMPLING)
+    hp, wp = padded.shape[:2]
+    s = LATENT_STRIDE
+    mosaic = np.empty((model.latent_channels, hp // s, wp // s), dtype=np.float32)
+    bits = 0
+    for y0, y1, x0, x1 in tile_grid(wp, hp, tile_size):
+        _, _, parts, y_hat = _tile_latents(model, padded, (y0, y1, x0, x1), gain, model.z_row(quality))
+        bits += 8 * len(entropy.encode(parts))
+        mosaic[:, y0 // s : y1 // s, x0 // s : x1 // s] = y_hat
+    rows = (mosaic[:, y0 // s : (y0 + tile_size) // s] for y0 in range(0, hp, tile_size))
+    decoded = synthesise(model, rows, "RGB", colour.shape[1], colour.shape[0], tile_size, quality)
+    mse = float(np.mean(np.square(decoded.astype(np.float64) - colour)))
+    return bits / (colour.shape[0] * colour.shape[1]) + model.rd_lambda(quality) * mse
 
 
 def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
@@ -375,14 +398,9 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
     orientation = header["orientation"]
     width, height = (info.height, info.width) if orientation & 4 else (info.width, info.height)
 
-    def tiles():
-        for i, (offset, size) in enumerate(info.index.tile_offsets):
-            try:
-                yield container.read_chunk(fp, offset, size)[1]
-            except container.ContainerError as e:
-                raise CorruptFileError(f"tile {i}: {e}") from None
-
-    coded = synthesise(model, tiles(), info.mode, width, height, header["tile_size"], info.quality, **session_args)
+    tile_size = header["tile_size"]
+    rows = _decode_latent_rows(fp, model, info.index.tile_offsets, width, height, tile_size, info.quality)
+    coded = synthesise(model, rows, info.mode, width, height, tile_size, info.quality, **session_args)
     out = np.ascontiguousarray(unorient(coded, orientation)) if orientation else coded
     if info.mode.endswith("A"):
         out[:, :, -1] = decode_alpha(info.index.container.alpha, info.height, info.width)
@@ -390,11 +408,11 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
 
 
 def synthesise(
-    model: Model, tiles: Iterator[dict], mode: str, width: int, height: int, tile_size: int, quality: float,
-    **session_args,
+    model: Model, latent_rows: Iterator[np.ndarray], mode: str, width: int, height: int, tile_size: int,
+    quality: float, **session_args,
 ) -> np.ndarray:
-    """Pixels (height, width, len(mode)) uint8 of a picture from its TILE payloads in raster order
-    (an alpha channel is left unset).
+    """Pixels (height, width, len(mode)) uint8 of a picture from its latents, given one row of tiles
+    at a time (M, rows/16, padded width/16), top to bottom (an alpha channel is left unset).
 
     The pixels are the synthesis of the whole latent mosaic. It is computed one tile at a time
     on the tile's latents plus SYNTHESIS_MARGIN cells of its neighbours', which is exact because
@@ -404,16 +422,12 @@ def synthesise(
     hp, wp = padded_size(height), padded_size(width)
     _, inv_gain = model.gains(quality)
     row_starts = list(range(0, hp, tile_size))
-    numbered = enumerate(tiles)
     out = np.empty((height, width, len(mode)), dtype=np.uint8)
     margin = SYNTHESIS_MARGIN
     above = None  # the last latent rows of the previous row of tiles
-    z_row = model.z_row(quality)
-    current = _decode_latent_row(model, numbered, row_starts[0], hp, wp, tile_size, z_row)
+    current = next(latent_rows)
     for r, y0 in enumerate(row_starts):
-        below = None
-        if r + 1 < len(row_starts):
-            below = _decode_latent_row(model, numbered, row_starts[r + 1], hp, wp, tile_size, z_row)
+        below = next(latent_rows) if r + 1 < len(row_starts) else None
         parts = [p for p in (above, current, below[:, :margin] if below is not None else None) if p is not None]
         band = np.concatenate(parts, axis=1) if len(parts) > 1 else current
         top = 0 if above is None else above.shape[1]
@@ -426,15 +440,25 @@ def synthesise(
     return out
 
 
-def _decode_latent_row(model, numbered, y0: int, hp: int, wp: int, tile_size: int, z_row: int) -> np.ndarray:
-    """Entropy-decode one row of tiles into a latent band (M, rows/16, wp/16)."""
-    y1 = min(y0 + tile_size, hp)
-    cells = []
-    for x0 in range(0, wp, tile_size):
-        x1 = min(x0 + tile_size, wp)
-        i, tile = next(numbered)
-        cells.append(decode_tile(model, tile, i, y1 - y0, x1 - x0, z_row))
-    return np.concatenate(cells, axis=2) if len(cells) > 1 else cells[0]
+def _decode_latent_rows(
+    fp: BinaryIO, model: Model, tile_offsets: list, width: int, height: int, tile_size: int, quality: float
+) -> Iterator[np.ndarray]:
+    """Entropy-decode the tiles one row at a time into latent bands (M, rows/16, padded width/16)."""
+    hp, wp = padded_size(height), padded_size(width)
+    z_row = model.z_row(quality)
+    tiles = iter(enumerate(tile_offsets))
+    for y0 in range(0, hp, tile_size):
+        y1 = min(y0 + tile_size, hp)
+        cells = []
+        for x0 in range(0, wp, tile_size):
+            x1 = min(x0 + tile_size, wp)
+            i, (offset, size) = next(tiles)
+            try:
+                _, tile = container.read_chunk(fp, offset, size)
+            except container.ContainerError as e:
+                raise CorruptFileError(str(e)) from None
+            cells.append(decode_tile(model, tile, i, y1 - y0, x1 - x0, z_row))
+        yield np.concatenate(cells, axis=2) if len(cells) > 1 else cells[0]
 
 
 def _synthesise_cell(model, band, top, lx0, rows, cols, inv_gain, session_args) -> np.ndarray:
