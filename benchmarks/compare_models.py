@@ -7,7 +7,9 @@
 The default photos are the ones training never samples (training/config.toml `holdout_images`), so
 the decision is not tuned to Kodak, the set the results are reported on. Each photo is centre-cropped
 to at most 768x768 (bigger ones would be several tiles). Prints bpp and PSNR per quality and the
-BD-rate of the second model against the first (negative: the second needs fewer bits).
+BD-rate of the second model against the first (negative: the second needs fewer bits). Both are
+coded at effort 1 (no orientation search) unless --effort says otherwise, so that the weights alone
+are compared.
 """
 
 from __future__ import annotations
@@ -49,14 +51,16 @@ def centre_crop(path: Path, side: int = 768) -> np.ndarray:
     return np.asarray(im.crop((x0, y0, x0 + cw, y0 + ch)))
 
 
-def curve(model_id: str, photos: list[np.ndarray], encode=codec.encode) -> tuple[list[float], list[float]]:
+def curve(
+    model_id: str, photos: list[np.ndarray], encode=codec.encode, effort: int = 1
+) -> tuple[list[float], list[float]]:
     """Mean bpp (real bytes) and mean RGB PSNR per quality (`encode`: codec.encode or a variant of it)."""
     rates, psnrs = [], []
     for q in QUALITIES:
         bits = pixels = 0
         values = []
         for a in photos:
-            data = encode(a, "RGB", q, model_id=model_id)
+            data = encode(a, "RGB", q, model_id=model_id, effort=effort)
             decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
             bits += 8 * len(data)
             pixels += a.shape[0] * a.shape[1]
@@ -72,13 +76,17 @@ def main() -> None:
     ap.add_argument("test", help="model id of the candidate")
     ap.add_argument("--images", type=Path, help="folder of photos (default: the held-out training photos)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--effort", type=int, default=1, help="orientations the encoder tries (default: 1, none)")
     args = ap.parse_args()
     pillow_dcv.set_threads(args.threads)
-    paths = sorted(p for p in args.images.iterdir() if p.is_file()) if args.images else held_out_photos()
+    if args.images:
+        paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".ppm"))
+    else:
+        paths = held_out_photos()
     photos = [centre_crop(p) for p in paths]
     print(f"$ python {' '.join(sys.argv)}")
     print(f"{len(photos)} photos: {', '.join(p.name for p in paths)}")
-    anchor, test = curve(args.anchor, photos), curve(args.test, photos)
+    anchor, test = curve(args.anchor, photos, effort=args.effort), curve(args.test, photos, effort=args.effort)
     print(f"{'quality':>7} {args.anchor + ' bpp/PSNR':>26} {args.test + ' bpp/PSNR':>26}")
     for i, q in enumerate(QUALITIES):
         print(f"{q:>7} " + " ".join(f"{r[i]:>17.3f} / {p[i]:5.2f}" for r, p in (anchor, test)))
