@@ -321,9 +321,11 @@ def encode(
     except KeyError:
         raise ValueError(f"unknown model {model_id!r}") from None
     colour = pixels[:, :, :3] if mode.startswith("RGB") else np.repeat(pixels[:, :, :1], 3, axis=2)
+    tiles = None
     if orientation is None:
-        orientation = best_orientation(model, colour, q, ORIENTATIONS[:effort], tile_size)
-    tiles = encode_tiles(model, orient(colour, orientation), q, tile_size)
+        orientation, tiles = best_orientation(model, colour, q, ORIENTATIONS[:effort], tile_size)
+    if tiles is None:
+        tiles = encode_tiles(model, orient(colour, orientation), q, tile_size)
     header = {
         "version_major": container.VERSION_MAJOR,
         "version_minor": container.VERSION_MINOR,
@@ -354,36 +356,39 @@ def encode_tiles(model: Model, colour: np.ndarray, quality: float, tile_size: in
 
 def best_orientation(
     model: Model, colour: np.ndarray, quality: float, candidates: tuple[int, ...], tile_size: int
-) -> int:
+) -> tuple[int, list[dict] | None]:
     """The candidate orientation whose file costs least in bits per pixel + lambda * MSE (the loss the
-    model was trained on), measured by coding and decoding the picture's centre (SEARCH_SIDE square)."""
+    model was trained on), measured by coding and decoding the picture's centre (SEARCH_SIDE square);
+    and its tiles when that centre is the whole picture (None otherwise)."""
     if len(candidates) == 1:
-        return candidates[0]
+        return candidates[0], None
     height, width = colour.shape[:2]
     y0, x0 = max(0, (height - SEARCH_SIDE) // 2), max(0, (width - SEARCH_SIDE) // 2)
     sample = colour[y0 : y0 + SEARCH_SIDE, x0 : x0 + SEARCH_SIDE]
-    costs = [rd_cost(model, np.ascontiguousarray(orient(sample, o)), quality, tile_size) for o in candidates]
-    return candidates[int(np.argmin(costs))]
+    tried = [rd_cost(model, np.ascontiguousarray(orient(sample, o)), quality, tile_size) for o in candidates]
+    best = int(np.argmin([cost for cost, _ in tried]))
+    return candidates[best], tried[best][1] if sample.shape == colour.shape else None
 
 
-def rd_cost(model: Model, colour: np.ndarray, quality: float, tile_size: int) -> float:
-    """Bits per pixel of the picture's tile streams + lambda * MSE (0..255) of its decoded pixels. The
-    pixels come from the latents the encoder quantised, as the decoder rebuilds them, not from a
-    second pass through the prior and the entropy decoder."""
+def rd_cost(model: Model, colour: np.ndarray, quality: float, tile_size: int) -> tuple[float, list[dict]]:
+    """Bits per pixel of the picture's tile streams + lambda * MSE (0..255) of its decoded pixels, and
+    its TILE payloads. The pixels come from the latents the encoder quantised, as the decoder rebuilds
+    them, not from a second pass through the prior and the entropy decoder."""
     gain, _ = model.gains(quality)
     padded = pad_to_multiple(colour, DOWNSAMPLING)
     hp, wp = padded.shape[:2]
     s = LATENT_STRIDE
     mosaic = np.empty((model.latent_channels, hp // s, wp // s), dtype=np.float32)
-    bits = 0
-    for y0, y1, x0, x1 in tile_grid(wp, hp, tile_size):
-        _, _, parts, y_hat = _tile_latents(model, padded, (y0, y1, x0, x1), gain, model.z_row(quality))
-        bits += 8 * len(entropy.encode(parts))
+    tiles = []
+    for i, (y0, y1, x0, x1) in enumerate(tile_grid(wp, hp, tile_size)):
+        z_sym, y_sym, parts, y_hat = _tile_latents(model, padded, (y0, y1, x0, x1), gain, model.z_row(quality))
+        tiles.append({"symbols_crc": symbols_crc(i, z_sym, y_sym), "stream": entropy.encode(parts)})
         mosaic[:, y0 // s : y1 // s, x0 // s : x1 // s] = y_hat
     rows = (mosaic[:, y0 // s : (y0 + tile_size) // s] for y0 in range(0, hp, tile_size))
     decoded = synthesise(model, rows, "RGB", colour.shape[1], colour.shape[0], tile_size, quality)
     mse = float(np.mean(np.square(decoded.astype(np.float64) - colour)))
-    return bits / (colour.shape[0] * colour.shape[1]) + model.rd_lambda(quality) * mse
+    bits = 8 * sum(len(t["stream"]) for t in tiles)
+    return bits / (colour.shape[0] * colour.shape[1]) + model.rd_lambda(quality) * mse, tiles
 
 
 def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:

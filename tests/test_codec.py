@@ -630,7 +630,9 @@ def test_effort_keeps_the_cheapest_of_its_orientations(photo, quality: float) ->
     data, _ = encode(pixels, quality, orientation=0)
     streams = sum(len(t["stream"]) for t in codec.container.parse(data).tiles)
     expected = costs[0] - 8 * (len(data) - streams) / pixels[:, :, 0].size
-    assert codec.rd_cost(get_model(), pixels, quality, codec.DEFAULT_TILE_SIZE) == pytest.approx(expected, rel=1e-12)
+    cost, tiles = codec.rd_cost(get_model(), pixels, quality, codec.DEFAULT_TILE_SIZE)
+    assert cost == pytest.approx(expected, rel=1e-12)
+    assert tiles == codec.container.parse(data).tiles
 
 
 def test_large_pictures_are_searched_on_their_centre(sample, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -640,4 +642,4 @@ def test_large_pictures_are_searched_on_their_centre(sample, monkeypatch: pytest
     monkeypatch.setattr(codec, "rd_cost", lambda m, c, *a: searched.append(c.shape) or original(m, c, *a))
     pixels = np.asarray(sample.crop((0, 0, 300, 200)))
     encode(pixels, 3, effort=4)
-    assert searched == [(128, 128, 3)] * 4
+    assert searched == [(128, 128, 3)] * 4  # then the whole picture is coded in the chosen orientation
