@@ -36,6 +36,7 @@ MODES = ("RGB", "L", "RGBA", "LA")
 ORIENTATIONS = (0, 5, 3, 6, 1, 2, 4, 7)
 MIN_EFFORT, MAX_EFFORT = 1, len(ORIENTATIONS)
 DEFAULT_EFFORT = 4
+PAD_BLUR = 32  # pixels: the widest blur of the padding (pad_to_multiple)
 SEARCH_SIDE = 1024  # a larger picture is searched on its centre: the search costs at most ~1 Mpx a try
 SIGNATURE = container.SIGNATURE
 
@@ -116,9 +117,31 @@ def padded_size(n: int) -> int:
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
+    """The (H, W, C) uint8 picture padded on the bottom and right to a multiple of `multiple`.
+
+    The decoder crops the padding away, so it only has to be cheap to code. Repeating the edge pixels
+    turns a textured last row into streaks; here the k-th padded row (then column) is the edge row
+    box-blurred along its length with radius min(k, PAD_BLUR): continuous at the edge, smooth beyond
+    (session 20: -1.1 to -2.0 % BD-rate on photos whose sides are not multiples of 64).
+    """
     h, w = x.shape[:2]
     ph, pw = -h % multiple, -w % multiple
-    return np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else x
+    if not (ph or pw):
+        return x
+    out = np.empty((h + ph, w + pw, x.shape[2]), dtype=np.uint8)
+    out[:h, :w] = x
+    for k in range(1, ph + 1):
+        out[h + k - 1, :w] = _box_blur(x[h - 1], min(k, PAD_BLUR))
+    for k in range(1, pw + 1):  # over the padded rows too
+        out[:, w + k - 1] = _box_blur(out[:, w - 1], min(k, PAD_BLUR))
+    return out
+
+
+def _box_blur(line: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over a window of 2 * radius + 1 along a (n, C) line, edges repeated, rounded to uint8."""
+    padded = np.pad(line.astype(np.float64), ((radius + 1, radius), (0, 0)), mode="edge")
+    sums = np.cumsum(padded, axis=0)
+    return np.rint((sums[2 * radius + 1 :] - sums[: -2 * radius - 1]) / (2 * radius + 1)).astype(np.uint8)
 
 
 def symbols_crc(index: int, z: np.ndarray, y: np.ndarray) -> int:
