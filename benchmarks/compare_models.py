@@ -43,6 +43,13 @@ def held_out_photos() -> list[Path]:
     return held_out((ROOT / cfg["data"]["train_dir"]).resolve(), cfg["run"]["holdout_images"])
 
 
+def photo_paths(folder: Path | None) -> list[Path]:
+    """The photos of a folder, sorted (default: the held-out training photos)."""
+    if folder is None:
+        return held_out_photos()
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".ppm"))
+
+
 def centre_crop(path: Path, side: int = 768) -> np.ndarray:
     im = Image.open(path).convert("RGB")
     w, h = im.size
@@ -79,10 +86,7 @@ def main() -> None:
     ap.add_argument("--effort", type=int, default=1, help="orientations the encoder tries (default: 1, none)")
     args = ap.parse_args()
     pillow_dcv.set_threads(args.threads)
-    if args.images:
-        paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".ppm"))
-    else:
-        paths = held_out_photos()
+    paths = photo_paths(args.images)
     photos = [centre_crop(p) for p in paths]
     print(f"$ python {' '.join(sys.argv)}")
     print(f"{len(photos)} photos: {', '.join(p.name for p in paths)}")

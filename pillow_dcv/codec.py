@@ -192,19 +192,21 @@ def _tile_latents(
     for part, update in model.prior.stages(y.shape):
         if update is not None:
             acc = update(acc, y_sym)
-        symbols, scale_index = quantise_latent(model, part.take(y), acc, part)
+        symbols, scale_index, mu = quantise_latent(model, part.take(y), acc, part)
         part.put(y_sym, symbols)
         # what the decoder adds to each symbol (decode_tile): the encoder's search looks at its result
-        part.put(centre, model.prior.tables_at(acc, part)[0] + reconstruction_offset(model, symbols, scale_index))
+        part.put(centre, mu + reconstruction_offset(model, symbols, scale_index))
         parts.append((symbols, scale_index, model.y_tables))
     return z_sym, y_sym, parts, (y_sym + centre).astype(np.float32)
 
 
-def quantise_latent(model: Model, y: np.ndarray, acc: np.ndarray, part: Part) -> tuple[np.ndarray, np.ndarray]:
+def quantise_latent(
+    model: Model, y: np.ndarray, acc: np.ndarray, part: Part
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Symbols of the latents y of one part (flat, in its order), around the means of the prior's
-    accumulators there, and their table indices."""
+    accumulators there; their table indices; and those means."""
     mu, scale_index = model.prior.tables_at(acc, part)
-    return model.y_tables.clamp(np.rint(y - mu).astype(np.int64), scale_index), scale_index
+    return model.y_tables.clamp(np.rint(y - mu).astype(np.int64), scale_index), scale_index, mu
 
 
 def decode_tile(model: Model, tile: dict, index: int, height: int, width: int, z_row: int = 0) -> np.ndarray:

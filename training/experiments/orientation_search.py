@@ -25,7 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from compare_models import QUALITIES, centre_crop, held_out_photos  # noqa: E402
+from compare_models import QUALITIES, centre_crop, photo_paths  # noqa: E402
 from rd_benchmark import bd_rate  # noqa: E402
 
 import pillow_dcv  # noqa: E402
@@ -73,12 +73,9 @@ def main() -> None:
     ap.add_argument("--save", type=Path, help="write the (quality, photo, orientation, [bits, MSE]) table (.npy)")
     args = ap.parse_args()
     pillow_dcv.set_threads(args.threads)
-    if args.images:
-        paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".ppm"))
-    else:
-        paths = held_out_photos()
+    paths = photo_paths(args.images)
     photos = [centre_crop(p) for p in paths]
-    lambdas = get_model(args.model).meta["config"]["lambdas"]
+    model = get_model(args.model)
     print(f"$ python {' '.join(sys.argv)}")
     print(f"{len(photos)} photos: {', '.join(p.name for p in paths)}")
     # table[q][photo] = [(bits, mse) per orientation]
@@ -90,7 +87,7 @@ def main() -> None:
     def curve(k: int) -> tuple[list[float], list[float]]:
         rates, psnrs = [], []
         for qi, rows in enumerate(table):
-            lam = float(np.exp(np.interp(args.qualities[qi], range(1, 9), np.log(lambdas))))
+            lam = model.rd_lambda(args.qualities[qi])
             chosen = [min(r[:k], key=lambda bm, n=n: bm[0] / n + lam * bm[1]) for r, n in zip(rows, pixels)]
             rates.append(sum(b for b, _ in chosen) / sum(pixels))
             psnrs.append(float(np.mean([10 * np.log10(255**2 / m) for _, m in chosen])))
