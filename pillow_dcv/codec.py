@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from . import container, entropy
+from . import container, entropy, postfilter
 from .models import DEFAULT_MODEL, Model, get_model
 from .prior import Part
 
@@ -346,9 +346,11 @@ def encode(
     except KeyError:
         raise ValueError(f"unknown model {model_id!r}") from None
     colour = pixels[:, :, :3] if mode.startswith("RGB") else np.repeat(pixels[:, :, :1], 3, axis=2)
-    tiles = None
+    tiles = post_filter = None
     if orientation is None:
-        orientation, tiles = best_orientation(model, colour, q, ORIENTATIONS[:effort], tile_size)
+        orientation, tiles, trial = best_orientation(model, colour, q, ORIENTATIONS[:effort], tile_size)
+        if trial is not None:  # effort >= 2: the search decoded the picture's centre, so fit a filter to it
+            post_filter = fit_post_filter(*trial, model.rd_lambda(q), width * height)
     if tiles is None:
         tiles = encode_tiles(model, orient(colour, orientation), q, tile_size)
     header = {
@@ -366,7 +368,9 @@ def encode(
         "orientation": orientation,
     }
     alpha = encode_alpha(pixels[:, :, -1]) if mode.endswith("A") else None
-    c = container.Container(header=header, tiles=tiles, alpha=alpha, icc_profile=icc_profile, exif=exif, xmp=xmp)
+    c = container.Container(
+        header=header, tiles=tiles, alpha=alpha, icc_profile=icc_profile, exif=exif, xmp=xmp, post_filter=post_filter
+    )
     return container.build(c)
 
 
@@ -381,24 +385,27 @@ def encode_tiles(model: Model, colour: np.ndarray, quality: float, tile_size: in
 
 def best_orientation(
     model: Model, colour: np.ndarray, quality: float, candidates: tuple[int, ...], tile_size: int
-) -> tuple[int, list[dict] | None]:
+) -> tuple[int, list[dict] | None, tuple[np.ndarray, np.ndarray] | None]:
     """The candidate orientation whose file costs least in bits per pixel + lambda * MSE (the loss the
     model was trained on), measured by coding and decoding the picture's centre (SEARCH_SIDE square);
-    and its tiles when that centre is the whole picture (None otherwise)."""
+    its tiles when that centre is the whole picture (None otherwise); and the centre as coded
+    (turned) with its decoded pixels (None when there was only one candidate, so nothing was tried)."""
     if len(candidates) == 1:
-        return candidates[0], None
+        return candidates[0], None, None
     height, width = colour.shape[:2]
     y0, x0 = max(0, (height - SEARCH_SIDE) // 2), max(0, (width - SEARCH_SIDE) // 2)
     sample = colour[y0 : y0 + SEARCH_SIDE, x0 : x0 + SEARCH_SIDE]
-    tried = [rd_cost(model, np.ascontiguousarray(orient(sample, o)), quality, tile_size) for o in candidates]
-    best = int(np.argmin([cost for cost, _ in tried]))
-    return candidates[best], tried[best][1] if sample.shape == colour.shape else None
+    turned = [np.ascontiguousarray(orient(sample, o)) for o in candidates]
+    tried = [rd_cost(model, t, quality, tile_size) for t in turned]
+    best = int(np.argmin([cost for cost, _, _ in tried]))
+    _, tiles, decoded = tried[best]
+    return candidates[best], tiles if sample.shape == colour.shape else None, (turned[best], decoded)
 
 
-def rd_cost(model: Model, colour: np.ndarray, quality: float, tile_size: int) -> tuple[float, list[dict]]:
-    """Bits per pixel of the picture's tile streams + lambda * MSE (0..255) of its decoded pixels, and
-    its TILE payloads. The pixels come from the latents the encoder quantised, as the decoder rebuilds
-    them, not from a second pass through the prior and the entropy decoder."""
+def rd_cost(model: Model, colour: np.ndarray, quality: float, tile_size: int) -> tuple[float, list[dict], np.ndarray]:
+    """Bits per pixel of the picture's tile streams + lambda * MSE (0..255) of its decoded pixels, its
+    TILE payloads, and those pixels. The pixels come from the latents the encoder quantised, as the
+    decoder rebuilds them, not from a second pass through the prior and the entropy decoder."""
     gain, _ = model.gains(quality)
     padded = pad_to_multiple(colour, DOWNSAMPLING)
     hp, wp = padded.shape[:2]
@@ -413,7 +420,30 @@ def rd_cost(model: Model, colour: np.ndarray, quality: float, tile_size: int) ->
     decoded = synthesise(model, rows, "RGB", colour.shape[1], colour.shape[0], tile_size, quality)
     mse = float(np.mean(np.square(decoded.astype(np.float64) - colour)))
     bits = 8 * sum(len(t["stream"]) for t in tiles)
-    return bits / (colour.shape[0] * colour.shape[1]) + model.rd_lambda(quality) * mse, tiles
+    return bits / (colour.shape[0] * colour.shape[1]) + model.rd_lambda(quality) * mse, tiles, decoded
+
+
+# (radius, step_log2) of the post-filters the encoder weighs against none: a 3x3 and a 5x5 window at two
+# precisions, so small pictures at low rates can still afford a few coefficients
+FILTER_CANDIDATES = ((1, 6), (1, 8), (2, 6), (2, 8))
+
+
+def fit_post_filter(original: np.ndarray, decoded: np.ndarray, rd_lambda: float, pixels: int) -> dict | None:
+    """The `fILT` payload (spec 4.5) that lowers bits per pixel + lambda * MSE the most, fitted to a
+    decoded picture (or its centre) and weighed for a picture of `pixels` pixels; None if none pays.
+    Its cost counts the chunk's bytes; its gain is the least-squares error before rounding to 8 bits."""
+    n = original.shape[0] * original.shape[1]
+    best, best_gain = None, 0.0
+    for radius in sorted({r for r, _ in FILTER_CANDIDATES}):
+        hh, gg, rr = postfilter.normal_equations(decoded, original, radius)
+        for step_log2 in (s for r, s in FILTER_CANDIDATES if r == radius):
+            k = postfilter.quantised_fit(hh, gg, step_log2)
+            payload = {"radius": radius, "step_log2": step_log2, "coefficients": [int(v) for v in k.ravel()]}
+            side_bits = 8 * len(container.chunk_bytes(container.FILTER, payload))
+            gain = rd_lambda * (rr - postfilter.squared_error(hh, gg, rr, k, step_log2)) / n - side_bits / pixels
+            if gain > best_gain:
+                best, best_gain = payload, gain
+    return best
 
 
 def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
@@ -429,8 +459,9 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
     width, height = (info.height, info.width) if orientation & 4 else (info.width, info.height)
 
     tile_size = header["tile_size"]
+    post_filter = info.index.container.post_filter
     rows = _decode_latent_rows(fp, model, info.index.tile_offsets, width, height, tile_size, info.quality)
-    coded = synthesise(model, rows, info.mode, width, height, tile_size, info.quality, **session_args)
+    coded = synthesise(model, rows, info.mode, width, height, tile_size, info.quality, post_filter, **session_args)
     out = np.ascontiguousarray(unorient(coded, orientation)) if orientation else coded
     if info.mode.endswith("A"):
         out[:, :, -1] = decode_alpha(info.index.container.alpha, info.height, info.width)
@@ -439,10 +470,11 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
 
 def synthesise(
     model: Model, latent_rows: Iterator[np.ndarray], mode: str, width: int, height: int, tile_size: int,
-    quality: float, **session_args,
+    quality: float, post_filter: dict | None = None, **session_args,
 ) -> np.ndarray:
     """Pixels (height, width, len(mode)) uint8 of a picture from its latents, given one row of tiles
-    at a time (M, rows/16, padded width/16), top to bottom (an alpha channel is left unset).
+    at a time (M, rows/16, padded width/16), top to bottom (an alpha channel is left unset), through
+    the file's post-filter if it has one (a `fILT` payload).
 
     The pixels are the synthesis of the whole latent mosaic. It is computed one tile at a time
     on the tile's latents plus SYNTHESIS_MARGIN cells of its neighbours', which is exact because
@@ -451,6 +483,9 @@ def synthesise(
     """
     hp, wp = padded_size(height), padded_size(width)
     _, inv_gain = model.gains(quality)
+    kernel = None if post_filter is None else postfilter.kernel(
+        post_filter["radius"], post_filter["step_log2"], post_filter["coefficients"]
+    )
     row_starts = list(range(0, hp, tile_size))
     out = np.empty((height, width, len(mode)), dtype=np.uint8)
     margin = SYNTHESIS_MARGIN
@@ -464,7 +499,7 @@ def synthesise(
         rows = (y0, min(y0 + tile_size, height))
         for x0 in range(0, wp, tile_size):  # every cell starts inside the image: wp - width < 64 <= tile_size
             cols = (x0, min(x0 + tile_size, width))
-            pixels = _synthesise_cell(model, band, top, x0 // LATENT_STRIDE, rows, cols, inv_gain, session_args)
+            pixels = _synthesise_cell(model, band, top, x0 // LATENT_STRIDE, rows, cols, inv_gain, kernel, session_args)
             _store(out, pixels, rows, cols, mode)
         above, current = current[:, -margin:], below
     return out
@@ -491,15 +526,20 @@ def _decode_latent_rows(
         yield np.concatenate(cells, axis=2) if len(cells) > 1 else cells[0]
 
 
-def _synthesise_cell(model, band, top, lx0, rows, cols, inv_gain, session_args) -> np.ndarray:
-    """Pixels rows x cols of one tile cell from a latent band whose row `top` is the cell's first."""
+def _synthesise_cell(model, band, top, lx0, rows, cols, inv_gain, kernel, session_args) -> np.ndarray:
+    """Pixels rows x cols of one tile cell from a latent band whose row `top` is the cell's first.
+    The post-filter runs on the whole window: its edge is the padded picture's where the window has no
+    margin, and elsewhere the margin is wider than the filter's reach plus the synthesis'."""
     s, margin = LATENT_STRIDE, SYNTHESIS_MARGIN
     cell_h = -(-(rows[1] - rows[0]) // s)
     cell_w = -(-(cols[1] - cols[0]) // s)
     r0, r1 = max(0, top - margin), min(band.shape[1], top + cell_h + margin)
     c0, c1 = max(0, lx0 - margin), min(band.shape[2], lx0 + cell_w + margin)
     window = np.ascontiguousarray(band[None, :, r0:r1, c0:c1])
-    x_hat = model.synthesis(window, inv_gain, **session_args)[0]
+    x_hat = model.synthesis(window, inv_gain, **session_args)
+    if kernel is not None:
+        x_hat = model.post_filter(x_hat, *kernel, **session_args)
+    x_hat = x_hat[0]
     oy, ox = (top - r0) * s, (lx0 - c0) * s
     x_hat = x_hat[:, oy : oy + rows[1] - rows[0], ox : ox + cols[1] - cols[0]]
     return np.clip(x_hat.transpose(1, 2, 0) * 255.0, 0.0, 255.0)

@@ -32,19 +32,22 @@ from construct import (
     Struct,
     Switch,
     Terminated,
+    ZigZag,
     this,
 )
 
 SIGNATURE = b"\x89DCV\r\n\x1a\n"
 VERSION_MAJOR = 4
-VERSION_MINOR = 0
+VERSION_MINOR = 1
 
 MAX_SIDE = 65535
 MAX_CHUNK_LENGTH = 1 << 30
 MAX_METADATA_LENGTH = 64 << 20
+MAX_FILTER_COEFFICIENT = 1 << 20
+MAX_FILTER_LENGTH = 2 + 120 * 3  # radius 2: 120 varints of |k| <= 2^20, at most 3 bytes each
 MODEL_HASH_SIZE = 8  # bytes of the model's SHA-256 a file keeps: enough to tell weights apart
 
-HEADER, TILE, ALPHA = b"DHDR", b"TILE", b"ALPH"
+HEADER, TILE, ALPHA, FILTER = b"DHDR", b"TILE", b"ALPH", b"fILT"
 ICC, EXIF, XMP = b"iCCP", b"eXIf", b"xMPt"
 
 
@@ -81,11 +84,21 @@ Alpha = Struct(
     "data" / GreedyBytes,
 )
 
+# The post-filter (section 4.5): ancillary, so a 4.0 decoder skips it and shows the unfiltered picture
+Filter = Struct(
+    "radius" / Int8ub,
+    Check((this.radius >= 1) & (this.radius <= 2)),
+    "step_log2" / Int8ub,  # the coefficients' step is 2^-step_log2
+    Check((this.step_log2 >= 4) & (this.step_log2 <= 14)),
+    "coefficients" / GreedyRange(ZigZag),  # signed LEB128 varints; how many follows from the radius
+    Terminated,
+)
+
 ChunkBody = Struct(
     "type" / Bytes(4),
     "data" / Prefixed(
         Int32ub,
-        Switch(this.type, {HEADER: Header, TILE: Tile, ALPHA: Alpha}, default=GreedyBytes),
+        Switch(this.type, {HEADER: Header, TILE: Tile, ALPHA: Alpha, FILTER: Filter}, default=GreedyBytes),
     ),
 )
 
@@ -123,11 +136,20 @@ class Container:
     icc_profile: bytes | None = None
     exif: bytes | None = None
     xmp: bytes | None = None
+    post_filter: dict | None = None  # radius, step_log2, coefficients
     unknown: list[tuple[bytes, bytes]] = field(default_factory=list)  # ancillary chunks kept as-is
 
 
 def chunk(chunk_type: bytes, data: object) -> dict:
     return {"body": {"value": {"type": chunk_type, "data": data}}}
+
+
+def chunk_bytes(chunk_type: bytes, data: object) -> bytes:
+    """One chunk as it is written (what it adds to a file)."""
+    try:
+        return Chunk.build(chunk(chunk_type, data))
+    except ConstructError as e:
+        raise ContainerError(f"cannot build {chunk_type!r} chunk: {e}") from None
 
 
 def build(container: Container) -> bytes:
@@ -137,6 +159,8 @@ def build(container: Container) -> bytes:
         if payload is not None:
             chunks.append(chunk(chunk_type, payload))
     chunks += [chunk(t, d) for t, d in container.unknown]
+    if container.post_filter is not None:
+        chunks.append(chunk(FILTER, container.post_filter))
     if container.alpha is not None:
         chunks.append(chunk(ALPHA, container.alpha))
     chunks += [chunk(TILE, t) for t in container.tiles]
@@ -187,6 +211,8 @@ def scan(fp: BinaryIO) -> Index:
         size = ChunkHead.sizeof() + head.length + 4
         if head.length > MAX_CHUNK_LENGTH or offset + size > end:
             raise ContainerError(f"truncated or damaged chunk {head.type!r} at offset {offset}")
+        if head.type == FILTER and head.length > MAX_FILTER_LENGTH:
+            raise ContainerError(f"fILT chunk at offset {offset} is too large")
         if head.type != TILE and head.length > MAX_METADATA_LENGTH:
             raise ContainerError(f"chunk {head.type!r} at offset {offset} is too large")
         chunk_table.append((head.type, offset, size))
@@ -253,6 +279,18 @@ def _checked_header(data: object) -> dict:
     return header
 
 
+def _checked_filter(data: object) -> dict:
+    post_filter = _plain(data)
+    post_filter["coefficients"] = list(post_filter["coefficients"])
+    radius, count = post_filter["radius"], len(post_filter["coefficients"])
+    expected = 3 * (3 * (2 * radius * radius + 2 * radius + 1) + 1)  # spec 4.5: 3 x (3 x offsets + bias)
+    if count != expected:
+        raise ContainerError(f"fILT chunk has {count} coefficients, radius {radius} needs {expected}")
+    if max(abs(k) for k in post_filter["coefficients"]) > MAX_FILTER_COEFFICIENT:
+        raise ContainerError("fILT coefficient out of range")
+    return post_filter
+
+
 def _add_chunk(container: Container, chunk_type: bytes, data: object) -> None:
     """A chunk before the first TILE: the ordering and count rules of spec/format.md section 3.4."""
     if chunk_type == HEADER:
@@ -266,6 +304,10 @@ def _add_chunk(container: Container, chunk_type: bytes, data: object) -> None:
         if getattr(container, attr) is not None:
             raise ContainerError(f"more than one {chunk_type!r} chunk")
         setattr(container, attr, bytes(data))
+    elif chunk_type == FILTER:
+        if container.post_filter is not None:
+            raise ContainerError("more than one fILT chunk")
+        container.post_filter = _checked_filter(data)
     elif is_critical(chunk_type):
         raise ContainerError(f"unknown critical chunk {chunk_type!r}")
     else:

@@ -25,6 +25,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 GEMM_DIR = Path(__file__).resolve().parent / "gemm"
 DEFAULT_MODEL = "dcv-ms2-s19"
 MODEL_FILES = ("analysis.onnx", "synthesis.onnx", "prior.npz")
+SHARED_GRAPHS = ("matmul_integer", "post_filter")  # in GEMM_DIR: the same for every model
 
 _lock = threading.Lock()
 _models: dict[str, Model] = {}
@@ -129,7 +130,7 @@ class Model:
         opts.enable_mem_pattern = False
         # The memory arena stays on: without it every tensor is a fresh allocation whose page faults
         # cost a third of the synthesis time, and a 24 MP decode peaks at ~720 MB either way.
-        path = GEMM_DIR / f"{name}.onnx" if name.startswith("matmul_") else self.folder / f"{name}.onnx"
+        path = GEMM_DIR / f"{name}.onnx" if name in SHARED_GRAPHS else self.folder / f"{name}.onnx"
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def _matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -143,6 +144,11 @@ class Model:
     def synthesis(self, y_hat: np.ndarray, inv_gain: np.ndarray, **session_args) -> np.ndarray:
         (x_hat,) = self.session("synthesis", **session_args).run(None, {"y_hat": y_hat, "inv_gain": inv_gain})
         return x_hat
+
+    def post_filter(self, x_hat: np.ndarray, weights: np.ndarray, bias: np.ndarray, **session_args) -> np.ndarray:
+        """The synthesis output (1, 3, H, W) through a file's post-filter (spec 4.5)."""
+        (y,) = self.session("post_filter", **session_args).run(None, {"x": x_hat, "w": weights, "b": bias})
+        return y
 
     @cached_property
     def size_bytes(self) -> int:

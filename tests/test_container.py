@@ -35,8 +35,21 @@ tile_payloads = st.fixed_dictionaries(
 ancillary_types = st.tuples(
     st.sampled_from("abcdefghijklmnopqrstuvwxyz"),
     st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=3, max_size=3),
-).map(lambda t: (t[0] + t[1]).encode()).filter(lambda t: t not in (C.ICC, C.EXIF, C.XMP))
+).map(lambda t: (t[0] + t[1]).encode()).filter(lambda t: t not in (C.ICC, C.EXIF, C.XMP, C.FILTER))
 metadata = st.none() | st.binary(min_size=1, max_size=64)
+post_filters = st.none() | st.sampled_from([1, 2]).flatmap(
+    lambda r: st.fixed_dictionaries(
+        {
+            "radius": st.just(r),
+            "step_log2": st.integers(4, 14),
+            "coefficients": st.lists(
+                st.integers(-C.MAX_FILTER_COEFFICIENT, C.MAX_FILTER_COEFFICIENT),
+                min_size=3 * (3 * (2 * r * r + 2 * r + 1) + 1),
+                max_size=3 * (3 * (2 * r * r + 2 * r + 1) + 1),
+            ),
+        }
+    )
+)
 
 
 @st.composite
@@ -54,6 +67,7 @@ def containers(draw) -> C.Container:
         icc_profile=draw(metadata),
         exif=draw(metadata),
         xmp=draw(metadata),
+        post_filter=draw(post_filters),
         unknown=draw(st.lists(st.tuples(ancillary_types, st.binary(max_size=16)), max_size=3)),
     )
 
@@ -69,6 +83,7 @@ def test_build_parse_build_is_byte_identical(c: C.Container) -> None:
     index = C.scan(io.BytesIO(data))
     assert index.container.header == c.header
     assert index.container.exif == c.exif and index.container.unknown == c.unknown
+    assert index.container.post_filter == c.post_filter
     assert len(index.tile_offsets) == len(c.tiles)
     for (offset, size), tile in zip(index.tile_offsets, c.tiles):
         assert C.read_chunk(io.BytesIO(data), offset, size) == (C.TILE, tile)

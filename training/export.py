@@ -116,19 +116,32 @@ def store_weights_fp16(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def write_matmul_graphs(folder: Path = ROOT / "pillow_dcv" / "gemm") -> None:
-    """The runtime's one-node MatMulInteger graph (uint8 x int8 -> int32) for the integer prior."""
+def write_runtime_graphs(folder: Path = ROOT / "pillow_dcv" / "gemm") -> None:
+    """The runtime's model-independent graphs: a one-node MatMulInteger (uint8 x int8 -> int32) for the
+    integer prior, and the post-filter (spec 4.5): edge padding by 2, then a 5x5 convolution whose
+    weights and bias are inputs (the file's fILT chunk)."""
     import onnx
     from onnx import TensorProto, helper
+
+    def save(nodes, name, inputs, outputs, initializers=()) -> None:
+        graph = helper.make_graph(nodes, name.split("_")[0], inputs, outputs, initializer=list(initializers))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(folder / f"{name}.onnx"))
 
     folder.mkdir(exist_ok=True)
     a = helper.make_tensor_value_info("a", TensorProto.UINT8, ["n", "k"])
     b = helper.make_tensor_value_info("b", TensorProto.INT8, ["k", "o"])
     c = helper.make_tensor_value_info("c", TensorProto.INT32, ["n", "o"])
-    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "matmul", [a, b], [c])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(folder / "matmul_integer.onnx"))
+    save([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "matmul_integer", [a, b], [c])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])
+    w = helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 3, 5, 5])
+    bias = helper.make_tensor_value_info("b", TensorProto.FLOAT, [3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "h", "w"])
+    pads = helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 2, 2, 0, 0, 2, 2])
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["padded"], mode="edge"),
+             helper.make_node("Conv", ["padded", "w", "b"], ["y"])]
+    save(nodes, "post_filter", [x, w, bias], [y], [pads])
 
 
 def fixed_point(x: np.ndarray, frac: int) -> np.ndarray:
@@ -402,7 +415,7 @@ def main() -> None:
     if model.reconstruction is not None:  # (|q| 1, 2, >= 3) x scale level, float32: the synthesis is float
         params["recon_offsets"] = model.reconstruction.table.detach().numpy().astype(np.float32)
     np.savez_compressed(out / "prior.npz", **params)
-    write_matmul_graphs()
+    write_runtime_graphs()
     meta = {"model_id": args.model_id, "step": step, "hours": round(hours, 2), "config": cfg["model"]}
     (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
     if not args.model_tables:
