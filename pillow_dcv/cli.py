@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     enc.add_argument("inputs", nargs="+", type=Path)
     enc.add_argument("-q", "--quality", type=float, default=DcvImagePlugin.DEFAULT_QUALITY, help="1 (smallest) .. 8")
     enc.add_argument("-e", "--effort", type=int, default=codec.DEFAULT_EFFORT,
-                     help="orientations tried, 1 (fastest) .. 8 (smallest files); default %(default)s")
+                     help="orientations tried (from 2 on, also a post-filter), 1 (fastest) .. 8 (smallest files); "
+                     "default %(default)s")
     enc.add_argument("-o", "--out-dir", type=Path)
     dec = sub.add_parser("decode", help="decode a .dcv file to any format Pillow writes")
     dec.add_argument("input", type=Path)

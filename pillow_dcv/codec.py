@@ -423,9 +423,10 @@ def rd_cost(model: Model, colour: np.ndarray, quality: float, tile_size: int) ->
     return bits / (colour.shape[0] * colour.shape[1]) + model.rd_lambda(quality) * mse, tiles, decoded
 
 
-# (radius, step_log2) of the post-filters the encoder weighs against none: a 3x3 and a 5x5 window at two
-# precisions, so small pictures at low rates can still afford a few coefficients
-FILTER_CANDIDATES = ((1, 6), (1, 8), (2, 6), (2, 8))
+# (radius, step_log2) of the post-filters the encoder weighs against none: a 3x3 window (~62 bytes) that
+# small pictures at low rates can afford, and a 5x5 one (~134 bytes) worth ~30 % more, each at the steps
+# that won on Kodak-sized pictures (2^-7 at low rates, 2^-9 at high ones; training/LOG.md session 21)
+FILTER_CANDIDATES = ((1, 6), (1, 7), (1, 8), (1, 9), (2, 7), (2, 8), (2, 9))
 
 
 def fit_post_filter(original: np.ndarray, decoded: np.ndarray, rd_lambda: float, pixels: int) -> dict | None:
