@@ -92,16 +92,15 @@ def quantised_fit(hh: np.ndarray, gg: np.ndarray, step_log2: int) -> np.ndarray:
     step = np.full(n, 2.0**-step_log2)
     step[-1] = BIAS_STEP
     out = np.zeros((3, n), dtype=np.int64)
-    for c in range(3):
-        w = np.linalg.solve(ridge, gg[:, c])
-        hinv = np.linalg.inv(ridge)
-        for i in range(n):
-            k = np.clip(np.rint(w[i] / step[i]), -MAX_COEFFICIENT, MAX_COEFFICIENT)
-            out[c, i] = int(k)
-            err = w[i] - k * step[i]
-            rest = slice(i + 1, None)
-            w[rest] -= err * hinv[i, rest] / hinv[i, i]
-            hinv[rest, rest] -= np.outer(hinv[rest, i], hinv[i, rest]) / hinv[i, i]
+    w = np.linalg.solve(ridge, gg)  # (F, 3): the three channels share H, so they are rounded together
+    hinv = np.linalg.inv(ridge)
+    for i in range(n):
+        k = np.clip(np.rint(w[i] / step[i]), -MAX_COEFFICIENT, MAX_COEFFICIENT)
+        out[:, i] = k
+        err = w[i] - k * step[i]
+        rest = slice(i + 1, None)
+        w[rest] -= np.outer(hinv[i, rest] / hinv[i, i], err)
+        hinv[rest, rest] -= np.outer(hinv[rest, i], hinv[i, rest]) / hinv[i, i]
     return out
 
 

@@ -3,10 +3,12 @@
 Classical codecs fit an adaptive loop filter (VVC's ALF) per picture: the encoder solves least
 squares between the decoded and the original picture and sends the coefficients. The synthesis is
 trained for MSE over all photos, but one picture's blur or ringing may still be linearly correctable.
-This measures the gain before any format work: every photo is coded to real .dcv bytes (effort 1),
-decoded, and a filter fitted to it by least squares (the oracle coefficients, unquantised). Printed
-per quality: PSNR gain, and the side information at which the gain would be eaten (bits per pixel
-worth the PSNR gain at the curve's local slope).
+This measures the gain before any format work: every photo is coded to real .dcv bytes (effort 1)
+and decoded; a 5x5 point-symmetric cross-channel filter is fitted to it by least squares, its
+coefficients rounded (plainly in session 21's first run, then one at a time with the error carried
+to the rest) and counted as side information (signed Exp-Golomb bits). Printed: BD-rate of plain
+coding against a global filter (fitted on training photos), the per-photo filter at each step, and
+the per-photo best of those (the oracle table in training/LOG.md came from an earlier version).
 
     python training/experiments/wiener_filter.py [--images DIR] [--qualities 1 3 5 7 8]
 """
@@ -59,21 +61,6 @@ def features(img: np.ndarray, offs, symmetric: bool, cross: bool) -> list[np.nda
         cols.append(np.ones(h * w))
         mats.append(np.stack(cols, axis=1))
     return mats
-
-
-def filtered_psnr(orig: np.ndarray, dec: np.ndarray, radius: int, symmetric: bool, cross: bool) -> tuple[float, int]:
-    offs = taps(radius, symmetric)
-    out = np.empty_like(dec)
-    n = 0
-    for c, a in enumerate(features(dec, offs, symmetric, cross)):
-        coef, *_ = np.linalg.lstsq(a, orig[:, :, c].ravel(), rcond=None)
-        out[:, :, c] = (a @ coef).reshape(dec.shape[:2])
-        n += len(coef)
-    mse = np.mean((np.clip(np.rint(out), 0, 255) - orig) ** 2)
-    return 10 * np.log10(255**2 / mse), n
-
-
-VARIANTS = [(1, True, False), (2, True, False), (2, False, False), (1, True, True), (2, True, True)]
 
 
 def coded(a: np.ndarray, q: float) -> tuple[int, np.ndarray]:
