@@ -106,6 +106,26 @@ def activity_classes(x: np.ndarray, classes: int) -> np.ndarray:
     return np.searchsorted(edges, act)
 
 
+def fit_groups(kind: str, x: np.ndarray, f: np.ndarray, px: np.ndarray, resid: np.ndarray) -> list:
+    """The (features, residual) pairs fitted apart for one variant (one per class or output phase)."""
+    h, w = x.shape[:2]
+    n = h * w
+    if kind == "pixel":
+        return [(px.reshape(n, -1), resid.reshape(n, 3))]
+    if kind.startswith("class"):  # e.g. class3: activity classes by the picture's quantiles
+        cls = activity_classes(x, int(kind[5:]))
+        return [(px[cls == c], resid[cls == c]) for c in range(int(kind[5:]))]
+    out = []
+    for py in (0, 1):
+        for pxx in (0, 1):
+            feats = phase_features(f, h, w, py, pxx, 1 if kind == "phase1x1" else 2)
+            r = resid[py::2, pxx::2].reshape(-1, 3)
+            if kind == "last+pixel":
+                feats = np.concatenate([feats, px[py::2, pxx::2].reshape(len(r), -1)], axis=1)
+            out.append((feats.astype(np.float64), r))
+    return out
+
+
 def varint_bytes(k: np.ndarray) -> int:
     u = np.where(k >= 0, 2 * k, -2 * k - 1)
     return int(np.sum(1 + (u >= 128) + (u >= 16384)))
@@ -156,27 +176,11 @@ def main() -> None:
             resid = orig - x
             px = pixel_features(x)
 
-            def groups(kind):
-                if kind == "pixel":
-                    return [(px.reshape(n, -1), resid.reshape(n, 3))]
-                if kind.startswith("class"):  # e.g. class3: activity classes by the picture's quantiles
-                    cls = activity_classes(x, int(kind[5:]))
-                    return [(px[cls == c], resid[cls == c]) for c in range(int(kind[5:]))]
-                out = []
-                for py in (0, 1):
-                    for pxx in (0, 1):
-                        feats = phase_features(f, h, w, py, pxx, 1 if kind == "phase1x1" else 2)
-                        r = resid[py::2, pxx::2].reshape(-1, 3)
-                        if kind == "last+pixel":
-                            feats = np.concatenate([feats, px[py::2, pxx::2].reshape(len(r), -1)], axis=1)
-                        out.append((feats.astype(np.float64), r))
-                return out
-
             base_err = float(np.sum(resid**2))  # all errors before rounding to 8 bits
             tot["base"][0] += bits
             tot["base"][1].append(10 * np.log10(255**2 * n / base_err))
             for kind in variants:
-                g = groups(kind)
+                g = fit_groups(kind, x, f, px, resid)
                 err, _ = fit(g, None)
                 tot[kind + " oracle"][0] += bits
                 tot[kind + " oracle"][1].append(10 * np.log10(255**2 * n / err))
