@@ -435,8 +435,11 @@ def fit_post_filter(original: np.ndarray, decoded: np.ndarray, rd_lambda: float,
     Its cost counts the chunk's bytes; its gain is the least-squares error before rounding to 8 bits."""
     n = original.shape[0] * original.shape[1]
     best, best_gain = None, 0.0
+    widest = max(r for r, _ in FILTER_CANDIDATES)
+    stats = postfilter.normal_equations(decoded, original, widest)
     for radius in sorted({r for r, _ in FILTER_CANDIDATES}):
-        hh, gg, rr = postfilter.normal_equations(decoded, original, radius)
+        hh, gg = postfilter.restrict(*stats[:2], widest, radius)
+        rr = stats[2]
         for step_log2 in (s for r, s in FILTER_CANDIDATES if r == radius):
             k = postfilter.quantised_fit(hh, gg, step_log2)
             payload = {"radius": radius, "step_log2": step_log2, "coefficients": [int(v) for v in k.ravel()]}

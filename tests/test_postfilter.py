@@ -83,6 +83,18 @@ def strip_filter(data: bytes) -> bytes:
     return container.build(c)
 
 
+def test_smaller_window_statistics_come_from_the_wider_ones(photo) -> None:
+    """The encoder computes the 5x5 window's normal equations once and takes the 3x3's from them."""
+    original = np.asarray(photo.convert("RGB"))[:70, :90]
+    decoded = np.clip(original + np.random.default_rng(1).normal(0, 6, original.shape), 0, 255).astype(np.float32)
+    h1, g1, r1 = postfilter.normal_equations(decoded, original, 1)
+    h2, g2, r2 = postfilter.normal_equations(decoded, original, 2)
+    hs, gs = postfilter.restrict(h2, g2, 2, 1)
+    assert hs.shape == h1.shape and r1 == r2
+    np.testing.assert_allclose(hs, h1, rtol=1e-12)
+    np.testing.assert_allclose(gs, g1, rtol=1e-12, atol=1e-9)
+
+
 def test_encoder_adds_a_filter_that_pays(sample) -> None:
     """From effort 2 on the encoder may add a fILT chunk; when it does, the filtered picture is
     better by more than the chunk costs (rate + lambda * distortion); effort 1 never adds one. A file
