@@ -346,11 +346,11 @@ def encode(
     except KeyError:
         raise ValueError(f"unknown model {model_id!r}") from None
     colour = pixels[:, :, :3] if mode.startswith("RGB") else np.repeat(pixels[:, :, :1], 3, axis=2)
-    tiles = post_filter = None
+    tiles = class_filter = None
     if orientation is None:
         orientation, tiles, trial = best_orientation(model, colour, q, ORIENTATIONS[:effort], tile_size)
         if trial is not None:  # effort >= 2: the search decoded the picture's centre, so fit a filter to it
-            post_filter = fit_post_filter(*trial, model.rd_lambda(q), width * height)
+            class_filter = fit_post_filter(*trial, model.rd_lambda(q), width * height)
     if tiles is None:
         tiles = encode_tiles(model, orient(colour, orientation), q, tile_size)
     header = {
@@ -369,7 +369,7 @@ def encode(
     }
     alpha = encode_alpha(pixels[:, :, -1]) if mode.endswith("A") else None
     c = container.Container(
-        header=header, tiles=tiles, alpha=alpha, icc_profile=icc_profile, exif=exif, xmp=xmp, post_filter=post_filter
+        header=header, tiles=tiles, alpha=alpha, icc_profile=icc_profile, exif=exif, xmp=xmp, class_filter=class_filter
     )
     return container.build(c)
 
@@ -423,30 +423,58 @@ def rd_cost(model: Model, colour: np.ndarray, quality: float, tile_size: int) ->
     return bits / (colour.shape[0] * colour.shape[1]) + model.rd_lambda(quality) * mse, tiles, decoded
 
 
-# (radius, step_log2) of the post-filters the encoder weighs against none: a 3x3 window (~62 bytes) that
-# small pictures at low rates can afford, and a 5x5 one (~134 bytes) worth ~30 % more, each at the steps
-# that won on Kodak-sized pictures (2^-7 at low rates, 2^-9 at high ones; training/LOG.md session 21)
-FILTER_CANDIDATES = ((1, 6), (1, 7), (1, 8), (1, 9), (2, 7), (2, 8), (2, 9))
+# The windows (own radius, cross radius) and steps (step_log2) the encoder tries for each class of the
+# post-filter: 3x3, 5x5 on a channel itself with 3x3 across, and 5x5; 2^-7 at low rates and 2^-9 at high
+# ones won on Kodak-sized pictures (training/LOG.md sessions 21, 23)
+FILTER_CANDIDATES = (
+    (1, 1, 6), (1, 1, 7), (1, 1, 8), (1, 1, 9), (2, 1, 7), (2, 1, 8), (2, 1, 9), (2, 2, 7), (2, 2, 8), (2, 2, 9)
+)
+MIN_CLASS_SHARE = 1 / 16  # a class that small is not worth its filter
 
 
 def fit_post_filter(original: np.ndarray, decoded: np.ndarray, rd_lambda: float, pixels: int) -> dict | None:
-    """The `fILT` payload (spec 4.5) that lowers bits per pixel + lambda * MSE the most, fitted to a
+    """The `fILC` payload (spec 4.6) that lowers bits per pixel + lambda * MSE the most, fitted to a
     decoded picture (or its centre) and weighed for a picture of `pixels` pixels; None if none pays.
-    Its cost counts the chunk's bytes; its gain is the least-squares error before rounding to 8 bits."""
-    n = original.shape[0] * original.shape[1]
+
+    It weighs one filter for all pixels against two, one for each half of the pixels split at the
+    median activity. Its cost counts the chunk's bytes; its gain is the least-squares error before
+    rounding to 8 bits, as MSE over the three channels (like the orientation search's)."""
+    n = original.size
+    widest = max(r for r, _, _ in FILTER_CANDIDATES)
+    act = postfilter.activity(decoded)
+    threshold = min(int(np.median(act)), 65535)
+    busy = act > threshold
+    hh, gg, rr = postfilter.normal_equations(decoded, original, widest, busy.astype(np.int8), count=2)
+    options = [[_best_class_fit(hh.sum(0), gg.sum(0), rr.sum(0), widest, rd_lambda, n, pixels)]]
+    if MIN_CLASS_SHARE * busy.size <= busy.sum() <= (1 - MIN_CLASS_SHARE) * busy.size:
+        options.append([_best_class_fit(hh[k], gg[k], rr[k], widest, rd_lambda, n, pixels) for k in range(2)])
     best, best_gain = None, 0.0
-    widest = max(r for r, _ in FILTER_CANDIDATES)
-    stats = postfilter.normal_equations(decoded, original, widest)
-    for radius in sorted({r for r, _ in FILTER_CANDIDATES}):
-        hh, gg = postfilter.restrict(*stats[:2], widest, radius)
-        rr = stats[2]
-        for step_log2 in (s for r, s in FILTER_CANDIDATES if r == radius):
-            k = postfilter.quantised_fit(hh, gg, step_log2)
-            payload = {"radius": radius, "step_log2": step_log2, "coefficients": [int(v) for v in k.ravel()]}
-            side_bits = 8 * len(container.chunk_bytes(container.FILTER, payload))
-            gain = rd_lambda * (rr - postfilter.squared_error(hh, gg, rr, k, step_log2)) / n - side_bits / pixels
-            if gain > best_gain:
-                best, best_gain = payload, gain
+    for fits in options:
+        payload = {
+            "count": len(fits),
+            "threshold": threshold if len(fits) == 2 else None,
+            "windows": [window for window, _, _ in fits],
+            "coefficients": [k for _, k, _ in fits],
+        }
+        side_bits = 8 * len(container.chunk_bytes(container.CLASS_FILTER, payload))
+        gain = rd_lambda * sum(g for _, _, g in fits) / n - side_bits / pixels
+        if gain > best_gain:
+            best, best_gain = payload, gain
+    return best
+
+
+def _best_class_fit(hh, gg, rr, radius: int, rd_lambda: float, n: int, pixels: int) -> tuple[dict, list[int], float]:
+    """One class's window, coefficients and squared-error gain, the candidate that gains the most net
+    of its coded size (header and Exp-Golomb codes)."""
+    best, best_net = None, -np.inf
+    for own, cross, step_log2 in FILTER_CANDIDATES:
+        k, error = postfilter.fit_class(hh, gg, rr, radius, own, cross, step_log2)
+        orders, bits = postfilter.golomb_orders(own, cross, k)
+        gain = float(rr.sum()) - error
+        net = rd_lambda * gain / n - (bits + 24) / pixels
+        if net > best_net:
+            window = {"own_radius": own, "cross_radius": cross, "step_log2": step_log2, "orders": orders}
+            best, best_net = (window, k, gain), net
     return best
 
 
@@ -463,9 +491,9 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
     width, height = (info.height, info.width) if orientation & 4 else (info.width, info.height)
 
     tile_size = header["tile_size"]
-    post_filter = info.index.container.post_filter
+    kernel = postfilter.chunk_kernel(info.index.container.post_filter, info.index.container.class_filter)
     rows = _decode_latent_rows(fp, model, info.index.tile_offsets, width, height, tile_size, info.quality)
-    coded = synthesise(model, rows, info.mode, width, height, tile_size, info.quality, post_filter, **session_args)
+    coded = synthesise(model, rows, info.mode, width, height, tile_size, info.quality, kernel, **session_args)
     out = np.ascontiguousarray(unorient(coded, orientation)) if orientation else coded
     if info.mode.endswith("A"):
         out[:, :, -1] = decode_alpha(info.index.container.alpha, info.height, info.width)
@@ -474,11 +502,11 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
 
 def synthesise(
     model: Model, latent_rows: Iterator[np.ndarray], mode: str, width: int, height: int, tile_size: int,
-    quality: float, post_filter: dict | None = None, **session_args,
+    quality: float, kernel: postfilter.Kernel | None = None, **session_args,
 ) -> np.ndarray:
     """Pixels (height, width, len(mode)) uint8 of a picture from its latents, given one row of tiles
     at a time (M, rows/16, padded width/16), top to bottom (an alpha channel is left unset), through
-    the file's post-filter if it has one (a `fILT` payload).
+    the file's post-filter if it has one (`postfilter.chunk_kernel`).
 
     The pixels are the synthesis of the whole latent mosaic. It is computed one tile at a time
     on the tile's latents plus SYNTHESIS_MARGIN cells of its neighbours', which is exact because
@@ -487,9 +515,6 @@ def synthesise(
     """
     hp, wp = padded_size(height), padded_size(width)
     _, inv_gain = model.gains(quality)
-    kernel = None if post_filter is None else postfilter.kernel(
-        post_filter["radius"], post_filter["step_log2"], post_filter["coefficients"]
-    )
     row_starts = list(range(0, hp, tile_size))
     out = np.empty((height, width, len(mode)), dtype=np.uint8)
     margin = SYNTHESIS_MARGIN
@@ -542,7 +567,9 @@ def _synthesise_cell(model, band, top, lx0, rows, cols, inv_gain, kernel, sessio
     window = np.ascontiguousarray(band[None, :, r0:r1, c0:c1])
     x_hat = model.synthesis(window, inv_gain, **session_args)
     if kernel is not None:
-        x_hat = model.post_filter(x_hat, *kernel, **session_args)
+        if kernel.clipped:  # the encoder fits fILC to clipped pixels: on unclipped ones it gains about half
+            np.clip(x_hat, 0.0, 1.0, out=x_hat)
+        x_hat = model.post_filter(x_hat, kernel.weights, kernel.bias, kernel.threshold, **session_args)
     x_hat = x_hat[0]
     oy, ox = (top - r0) * s, (lx0 - c0) * s
     x_hat = x_hat[:, oy : oy + rows[1] - rows[0], ox : ox + cols[1] - cols[0]]

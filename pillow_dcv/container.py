@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from construct import (
+    Adapter,
+    Array,
+    BitsInteger,
+    BitStruct,
     Bytes,
     Check,
     Checksum,
@@ -22,6 +26,7 @@ from construct import (
     ConstructError,
     GreedyBytes,
     GreedyRange,
+    If,
     Int8ub,
     Int16ub,
     Int32ub,
@@ -32,23 +37,28 @@ from construct import (
     Struct,
     Switch,
     Terminated,
+    ValidationError,
     ZigZag,
     this,
 )
 
 SIGNATURE = b"\x89DCV\r\n\x1a\n"
 VERSION_MAJOR = 4
-VERSION_MINOR = 1
+VERSION_MINOR = 2
 
 MAX_SIDE = 65535
 MAX_CHUNK_LENGTH = 1 << 30
 MAX_METADATA_LENGTH = 64 << 20
 MAX_FILTER_COEFFICIENT = 1 << 20
 MAX_FILTER_LENGTH = 2 + 120 * 3  # radius 2: 120 varints of |k| <= 2^20, at most 3 bytes each
+MAX_FILTER_CLASSES = 2
+MAX_CLASS_FILTER_LENGTH = 3 + 3 * MAX_FILTER_CLASSES + (MAX_FILTER_CLASSES * 120 * 43 + 7) // 8  # order-0 codes
+FILTER_GROUPS = 5  # own centre, own others, cross centre, cross others, bias: one Exp-Golomb order each
 MODEL_HASH_SIZE = 8  # bytes of the model's SHA-256 a file keeps: enough to tell weights apart
 
-HEADER, TILE, ALPHA, FILTER = b"DHDR", b"TILE", b"ALPH", b"fILT"
+HEADER, TILE, ALPHA, FILTER, CLASS_FILTER = b"DHDR", b"TILE", b"ALPH", b"fILT", b"fILC"
 ICC, EXIF, XMP = b"iCCP", b"eXIf", b"xMPt"
+FILTER_LENGTH_LIMITS = {FILTER: MAX_FILTER_LENGTH, CLASS_FILTER: MAX_CLASS_FILTER_LENGTH}
 
 
 class ContainerError(ValueError):
@@ -94,11 +104,101 @@ Filter = Struct(
     Terminated,
 )
 
+
+def window_taps(radius: int) -> int:
+    """Offsets in the half-window of a radius (spec 4.5): 1, 5 or 13."""
+    return 2 * radius * radius + 2 * radius + 1
+
+
+def coefficient_groups(own_radius: int, cross_radius: int) -> list[int]:
+    """The Exp-Golomb group of each coefficient of a class, in the chunk's order (spec 4.6): per output
+    channel, each input channel's taps (its own channel's window or the cross window), then the bias."""
+    groups = []
+    for c in range(3):
+        for ci in range(3):
+            centre, others = (0, 1) if ci == c else (2, 3)
+            groups += [centre] + [others] * (window_taps(own_radius if ci == c else cross_radius) - 1)
+        groups.append(4)
+    return groups
+
+
+class ExpGolombCoefficients(Adapter):
+    """Every class's coefficients as signed Exp-Golomb codes, MSB first, one order per group; the last
+    byte is padded with zero bits. The counts and orders come from the class headers before them."""
+
+    MAX_PREFIX = 22  # zeros before a code's first one: enough for |k| <= 2^20 at order 0
+
+    def _decode(self, data: bytes, context, path) -> list[list[int]]:
+        bits = "".join(f"{b:08b}" for b in data)
+        pos, out = 0, []
+        for cls in context.windows:
+            values = []
+            for group in coefficient_groups(cls.own_radius, cls.cross_radius):
+                order = cls.orders[group]
+                one = bits.find("1", pos, pos + self.MAX_PREFIX + 1)
+                if one < 0:
+                    cut = len(bits) <= pos + self.MAX_PREFIX
+                    raise ValidationError(f"fILC coefficients {'cut short' if cut else 'code too long'}", path=path)
+                length = one - pos + 1 + order
+                if one + length > len(bits):
+                    raise ValidationError("fILC coefficients cut short", path=path)
+                u = int(bits[one : one + length], 2) - (1 << order)
+                pos = one + length
+                k = (u >> 1) ^ -(u & 1)  # zigzag: 0, 1, 2, 3, ... -> 0, -1, 1, -2, ...
+                if abs(k) > MAX_FILTER_COEFFICIENT:
+                    raise ValidationError("fILC coefficient out of range", path=path)
+                values.append(k)
+            out.append(values)
+        if len(bits) - pos >= 8 or "1" in bits[pos:]:
+            raise ValidationError("fILC coefficients followed by more than zero padding", path=path)
+        return out
+
+    def _encode(self, classes: list[list[int]], context, path) -> bytes:
+        codes = []
+        for cls, values in zip(context.windows, classes, strict=True):
+            groups = coefficient_groups(cls["own_radius"], cls["cross_radius"])
+            if len(values) != len(groups):
+                raise ValidationError(f"fILC class needs {len(groups)} coefficients, got {len(values)}", path=path)
+            for group, k in zip(groups, values):
+                order = cls["orders"][group]
+                u = (2 * k if k >= 0 else -2 * k - 1) + (1 << order)
+                codes.append("0" * (u.bit_length() - 1 - order) + format(u, "b"))
+        bits = "".join(codes)
+        bits += "0" * (-len(bits) % 8)
+        return int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+
+
+# A class's window and coding (section 4.6): 3 bytes
+FilterClass = BitStruct(
+    "own_radius" / BitsInteger(2),  # each output channel's window on its own input channel
+    "cross_radius" / BitsInteger(2),  # ... and on the other two (0: the centre tap only)
+    Check((this.own_radius >= 1) & (this.own_radius <= 2) & (this.cross_radius <= this.own_radius)),
+    "step_log2" / BitsInteger(4),
+    Check((this.step_log2 >= 4) & (this.step_log2 <= 14)),
+    "orders" / Array(FILTER_GROUPS, BitsInteger(3)),
+    Const(0, BitsInteger(1)),
+)
+
+# The classified post-filter (section 4.6, version 4.2): up to two filters, chosen per pixel by the
+# local activity of the unfiltered picture. Ancillary like fILT, so older decoders skip it
+ClassFilter = Struct(
+    "count" / Int8ub,
+    Check((this.count >= 1) & (this.count <= MAX_FILTER_CLASSES)),
+    "threshold" / If(this.count == 2, Int16ub),  # activity above it: the second class
+    "windows" / Array(this.count, FilterClass),
+    "coefficients" / ExpGolombCoefficients(GreedyBytes),
+    Terminated,
+)
+
 ChunkBody = Struct(
     "type" / Bytes(4),
     "data" / Prefixed(
         Int32ub,
-        Switch(this.type, {HEADER: Header, TILE: Tile, ALPHA: Alpha, FILTER: Filter}, default=GreedyBytes),
+        Switch(
+            this.type,
+            {HEADER: Header, TILE: Tile, ALPHA: Alpha, FILTER: Filter, CLASS_FILTER: ClassFilter},
+            default=GreedyBytes,
+        ),
     ),
 )
 
@@ -136,7 +236,8 @@ class Container:
     icc_profile: bytes | None = None
     exif: bytes | None = None
     xmp: bytes | None = None
-    post_filter: dict | None = None  # radius, step_log2, coefficients
+    post_filter: dict | None = None  # fILT (4.1): radius, step_log2, coefficients
+    class_filter: dict | None = None  # fILC (4.2): count, threshold, windows, coefficients
     unknown: list[tuple[bytes, bytes]] = field(default_factory=list)  # ancillary chunks kept as-is
 
 
@@ -161,6 +262,8 @@ def build(container: Container) -> bytes:
     chunks += [chunk(t, d) for t, d in container.unknown]
     if container.post_filter is not None:
         chunks.append(chunk(FILTER, container.post_filter))
+    if container.class_filter is not None:
+        chunks.append(chunk(CLASS_FILTER, container.class_filter))
     if container.alpha is not None:
         chunks.append(chunk(ALPHA, container.alpha))
     chunks += [chunk(TILE, t) for t in container.tiles]
@@ -211,8 +314,8 @@ def scan(fp: BinaryIO) -> Index:
         size = ChunkHead.sizeof() + head.length + 4
         if head.length > MAX_CHUNK_LENGTH or offset + size > end:
             raise ContainerError(f"truncated or damaged chunk {head.type!r} at offset {offset}")
-        if head.type == FILTER and head.length > MAX_FILTER_LENGTH:
-            raise ContainerError(f"fILT chunk at offset {offset} is too large")
+        if head.length > FILTER_LENGTH_LIMITS.get(head.type, MAX_CHUNK_LENGTH):
+            raise ContainerError(f"{head.type.decode()} chunk at offset {offset} is too large")
         if head.type != TILE and head.length > MAX_METADATA_LENGTH:
             raise ContainerError(f"chunk {head.type!r} at offset {offset} is too large")
         chunk_table.append((head.type, offset, size))
@@ -283,7 +386,7 @@ def _checked_filter(data: object) -> dict:
     post_filter = _plain(data)
     post_filter["coefficients"] = list(post_filter["coefficients"])
     radius, count = post_filter["radius"], len(post_filter["coefficients"])
-    expected = 3 * (3 * (2 * radius * radius + 2 * radius + 1) + 1)  # spec 4.5: 3 x (3 x offsets + bias)
+    expected = 3 * (3 * window_taps(radius) + 1)  # spec 4.5: 3 x (3 x offsets + bias)
     if count != expected:
         raise ContainerError(f"fILT chunk has {count} coefficients, radius {radius} needs {expected}")
     if max(abs(k) for k in post_filter["coefficients"]) > MAX_FILTER_COEFFICIENT:
@@ -305,13 +408,24 @@ def _add_chunk(container: Container, chunk_type: bytes, data: object) -> None:
             raise ContainerError(f"more than one {chunk_type!r} chunk")
         setattr(container, attr, bytes(data))
     elif chunk_type == FILTER:
-        if container.post_filter is not None:
-            raise ContainerError("more than one fILT chunk")
+        if container.post_filter is not None or container.class_filter is not None:
+            raise ContainerError("more than one post-filter chunk (fILT, fILC)")
         container.post_filter = _checked_filter(data)
+    elif chunk_type == CLASS_FILTER:
+        if container.post_filter is not None or container.class_filter is not None:
+            raise ContainerError("more than one post-filter chunk (fILT, fILC)")
+        container.class_filter = _plain_class_filter(data)
     elif is_critical(chunk_type):
         raise ContainerError(f"unknown critical chunk {chunk_type!r}")
     else:
         container.unknown.append((chunk_type, bytes(data)))
+
+
+def _plain_class_filter(data: object) -> dict:
+    class_filter = _plain(data)
+    class_filter["windows"] = [{**_plain(w), "orders": list(w.orders)} for w in data.windows]
+    class_filter["coefficients"] = [list(k) for k in data.coefficients]
+    return class_filter
 
 
 def _plain(data: object) -> dict:
@@ -319,4 +433,4 @@ def _plain(data: object) -> dict:
 
 
 def _reason(error: ConstructError) -> str:
-    return str(error).splitlines()[0][:200]
+    return "; ".join(str(error).splitlines())[:200]  # where, then what

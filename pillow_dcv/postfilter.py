@@ -15,9 +15,12 @@ with x the synthesis output in levels (0..255), replicated beyond the padded pic
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .container import MAX_FILTER_COEFFICIENT as MAX_COEFFICIENT  # |k|: far beyond any useful filter
+from .container import coefficient_groups
 
 BIAS_STEP = 1 / 8  # levels
 KERNEL = 5  # the decoder's convolution is always 5x5 (radius 1 leaves the outer ring at zero)
@@ -34,37 +37,90 @@ def coefficient_count(radius: int) -> int:
     return 3 * (3 * len(half_window(radius)) + 1)
 
 
+def taps(own_radius: int, cross_radius: int) -> list[list[tuple[int, tuple[int, int]]]]:
+    """Per output channel, its (input channel, offset) taps in the chunk's order (spec 4.6): its own
+    channel's half-window of own_radius, the other channels' of cross_radius; the bias follows them."""
+    return [
+        [(ci, d) for ci in range(3) for d in half_window(own_radius if ci == c else cross_radius)] for c in range(3)
+    ]
+
+
 def kernel(radius: int, step_log2: int, coefficients: list[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The `fILT` filter (spec 4.5): every channel's window has the same radius."""
+    return class_kernel(radius, radius, step_log2, coefficients)
+
+
+def class_kernel(
+    own_radius: int, cross_radius: int, step_log2: int, coefficients: list[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Conv weights (3, 3, 5, 5) and bias (3,), both float32, for the synthesis output in 0..1 units
     (the bias scales with it; the weights do not). The identity is included."""
-    offsets = half_window(radius)
-    k = np.asarray(coefficients, dtype=np.float64).reshape(3, 3 * len(offsets) + 1)
+    k = np.asarray(coefficients, dtype=np.float64)
     step = 2.0**-step_log2
     w = np.zeros((3, 3, KERNEL, KERNEL))
+    bias = np.zeros(3)
     c0 = KERNEL // 2
-    for c in range(3):
+    i = 0
+    for c, channel_taps in enumerate(taps(own_radius, cross_radius)):
         w[c, c, c0, c0] = 1.0
-        for ci in range(3):
-            for j, (dy, dx) in enumerate(offsets):
-                v = k[c, ci * len(offsets) + j] * step
-                w[c, ci, c0 + dy, c0 + dx] += v
-                if (dy, dx) != (0, 0):
-                    w[c, ci, c0 - dy, c0 - dx] += v
-    bias = k[:, -1] * BIAS_STEP / 255.0
+        for ci, (dy, dx) in channel_taps:
+            w[c, ci, c0 + dy, c0 + dx] += k[i] * step
+            if (dy, dx) != (0, 0):
+                w[c, ci, c0 - dy, c0 - dx] += k[i] * step
+            i += 1
+        bias[c] = k[i] * BIAS_STEP / 255.0
+        i += 1
     return w.astype(np.float32), bias.astype(np.float32)
 
 
-def normal_equations(decoded: np.ndarray, original: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Least-squares statistics of the filter's correction on a picture: H = A^T A (F x F), G = A^T R
-    (F x 3) and sum(R^2), with A the features (the offset pairs of every channel, then 1) and R the
+class Kernel(NamedTuple):
+    """What the runtime's filter takes from a file's `fILT` or `fILC` payload."""
+
+    weights: np.ndarray  # (3n, 3, 5, 5) of its n filters
+    bias: np.ndarray  # (3n,)
+    threshold: int | None  # the activity between two filters; None for one
+    clipped: bool  # whether the filter sees the synthesis output clipped to 0..255 (fILC) or as it is (fILT)
+
+
+def chunk_kernel(post_filter: dict | None, class_filter: dict | None) -> Kernel | None:
+    """The filter of a file's `fILT` or `fILC` payload; None if it has neither."""
+    if post_filter is not None:
+        weights, bias = kernel(post_filter["radius"], post_filter["step_log2"], post_filter["coefficients"])
+        return Kernel(weights, bias, None, clipped=False)
+    if class_filter is None:
+        return None
+    parts = [
+        class_kernel(w["own_radius"], w["cross_radius"], w["step_log2"], k)
+        for w, k in zip(class_filter["windows"], class_filter["coefficients"])
+    ]
+    weights, bias = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return Kernel(weights, bias, class_filter["threshold"], clipped=True)
+
+
+def activity(levels: np.ndarray) -> np.ndarray:
+    """The local activity that picks a pixel's class (spec 4.6), (H, W) int64, of 8-bit pixels (H, W, 3):
+    the 3x3 sum of the absolute Laplacian of L = R + 2G + B, edges repeated."""
+    x = np.pad(levels.astype(np.int64), ((2, 2), (2, 2), (0, 0)), mode="edge")
+    lum = x[..., 0] + 2 * x[..., 1] + x[..., 2]
+    lap = np.abs(4 * lum[1:-1, 1:-1] - lum[:-2, 1:-1] - lum[2:, 1:-1] - lum[1:-1, :-2] - lum[1:-1, 2:])
+    h, w = levels.shape[:2]
+    return sum(lap[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
+
+
+def normal_equations(
+    decoded: np.ndarray, original: np.ndarray, radius: int, classes: np.ndarray | None = None, count: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares statistics of the filter's correction on a picture, per class of pixels (`classes`,
+    (H, W) of 0..count-1; None: one class): H = A^T A (count, F, F), G = A^T R (count, F, 3) and the
+    sums of R^2 (count, 3), with A the features (the offset pairs of every channel, then 1) and R the
     residual original - decoded, all in levels. Computed in strips, so memory stays small."""
     offsets = half_window(radius)
     h, w, _ = decoded.shape
     x = np.pad(decoded.astype(np.float32), ((radius, radius), (radius, radius), (0, 0)), mode="edge")
     n_feat = 3 * len(offsets) + 1
-    hh = np.zeros((n_feat, n_feat))
-    gg = np.zeros((n_feat, 3))
-    rr = 0.0
+    hh = np.zeros((count, n_feat, n_feat))
+    gg = np.zeros((count, n_feat, 3))
+    rr = np.zeros((count, 3))
     for y0 in range(0, h, 64):
         y1 = min(h, y0 + 64)
         cols = []
@@ -77,33 +133,73 @@ def normal_equations(decoded: np.ndarray, original: np.ndarray, radius: int) -> 
         cols.append(np.ones((y1 - y0) * w, dtype=np.float32))
         a = np.stack(cols, axis=1).astype(np.float64)
         r = (original[y0:y1].astype(np.float64) - decoded[y0:y1]).reshape(-1, 3)
-        # einsum's own loops, not BLAS: a threaded BLAS GEMM on these thin matrices spins for seconds when
-        # the cores are busy with other work (0.3 s -> 8 s for a Kodak picture); idle, einsum costs ~0.3 s more
-        hh += np.einsum("pi,pj->ij", a, a, optimize=False)
-        gg += np.einsum("pi,pc->ic", a, r, optimize=False)
-        rr += float(np.sum(r * r))
+        labels = None if classes is None else classes[y0:y1].ravel()
+        for k in range(count):
+            ak, rk = (a, r) if labels is None else (a[labels == k], r[labels == k])
+            # einsum's own loops, not BLAS: a threaded BLAS GEMM on these thin matrices spins for seconds when the
+            # cores are busy with other work (0.3 s -> 8 s for a Kodak picture); idle, einsum costs ~0.3 s more
+            hh[k] += np.einsum("pi,pj->ij", ak, ak, optimize=False)
+            gg[k] += np.einsum("pi,pc->ic", ak, rk, optimize=False)
+            rr[k] += np.sum(rk * rk, axis=0)
     return hh, gg, rr
 
 
 def restrict(hh: np.ndarray, gg: np.ndarray, radius: int, to_radius: int) -> tuple[np.ndarray, np.ndarray]:
     """The statistics of a smaller window taken from a larger window's: its offsets' pair sums are the
     same features (the edge is replicated either way), so one pass over the picture serves both."""
-    offsets = half_window(radius)
-    keep = [i for i, d in enumerate(offsets) if max(abs(d[0]), abs(d[1])) <= to_radius]
-    idx = [c * len(offsets) + i for c in range(3) for i in keep] + [hh.shape[0] - 1]
+    idx = feature_indices(radius, [(ci, d) for ci in range(3) for d in half_window(to_radius)])
     return hh[np.ix_(idx, idx)], gg[idx]
 
 
+def feature_indices(radius: int, channel_taps: list[tuple[int, tuple[int, int]]]) -> list[int]:
+    """Where taps (and then the bias) sit among the features of `normal_equations` at `radius`."""
+    offsets = half_window(radius)
+    return [ci * len(offsets) + offsets.index(d) for ci, d in channel_taps] + [3 * len(offsets)]
+
+
+def fit_class(
+    hh: np.ndarray, gg: np.ndarray, rr: np.ndarray, radius: int, own_radius: int, cross_radius: int, step_log2: int
+) -> tuple[list[int], float]:
+    """One class's coefficients in the chunk's order (spec 4.6) from its statistics at `radius`, and the
+    squared error left after them. Each output channel has its own taps, so its own least squares."""
+    coefficients, error = [], 0.0
+    for c, channel_taps in enumerate(taps(own_radius, cross_radius)):
+        idx = feature_indices(radius, channel_taps)
+        hc, gc = hh[np.ix_(idx, idx)], gg[idx][:, [c]]
+        k = quantised_fit(hc, gc, step_log2)
+        coefficients += [int(v) for v in k[0]]
+        error += squared_error(hc, gc, float(rr[c]), k, step_log2)
+    return coefficients, error
+
+
+def golomb_orders(own_radius: int, cross_radius: int, coefficients: list[int]) -> tuple[list[int], int]:
+    """The Exp-Golomb order (0..7) of each group that codes a class's coefficients in the fewest bits,
+    and that count of bits (spec 4.6)."""
+    groups = np.asarray(coefficient_groups(own_radius, cross_radius))
+    u = np.abs(2 * np.asarray(coefficients, dtype=np.int64) + (np.asarray(coefficients) < 0))  # zigzag
+    orders, total = [], 0
+    for g in range(5):
+        ug = u[groups == g]
+        lengths = [int(np.sum(2 * _bit_length(ug + (1 << m)) - 1 - m)) for m in range(8)]
+        orders.append(int(np.argmin(lengths)))
+        total += min(lengths)
+    return orders, total
+
+
+def _bit_length(v: np.ndarray) -> np.ndarray:
+    return np.floor(np.log2(v)).astype(np.int64) + 1
+
+
 def quantised_fit(hh: np.ndarray, gg: np.ndarray, step_log2: int) -> np.ndarray:
-    """Integer coefficients (3, F) of the least-squares correction, rounded one at a time while the
+    """Integer coefficients (C, F) of the least-squares correction, rounded one at a time while the
     ones not yet rounded absorb the error in the metric H (optimal brain surgeon, as in GPTQ): plain
     rounding at a usable step loses most of the gain, because neighbouring pixels are so alike."""
     n = hh.shape[0]
-    ridge = hh + np.eye(n) * (1e-6 * np.trace(hh) / n)  # a flat picture leaves H singular
+    ridge = hh + np.eye(n) * (1e-6 * np.trace(hh) / n + 1e-9)  # a flat picture leaves H singular
     step = np.full(n, 2.0**-step_log2)
     step[-1] = BIAS_STEP
-    out = np.zeros((3, n), dtype=np.int64)
-    w = np.linalg.solve(ridge, gg)  # (F, 3): the three channels share H, so they are rounded together
+    out = np.zeros((gg.shape[1], n), dtype=np.int64)
+    w = np.linalg.solve(ridge, gg)  # (F, C): channels with the same taps share H, so they are rounded together
     hinv = np.linalg.inv(ridge)
     for i in range(n):
         k = np.clip(np.rint(w[i] / step[i]), -MAX_COEFFICIENT, MAX_COEFFICIENT)
@@ -116,8 +212,8 @@ def quantised_fit(hh: np.ndarray, gg: np.ndarray, step_log2: int) -> np.ndarray:
 
 
 def squared_error(hh: np.ndarray, gg: np.ndarray, rr: float, k: np.ndarray, step_log2: int) -> float:
-    """Sum of squared errors (levels^2) after the correction with integer coefficients k (3, F), before
-    rounding to 8 bits: ||R - A w||^2 = sum R^2 - 2 w^T G + w^T H w, channel by channel."""
+    """Sum of squared errors (levels^2) after the correction with integer coefficients k (C, F), before
+    rounding to 8 bits: ||R - A w||^2 = sum R^2 - 2 w^T G + w^T H w, channel by channel (G is (F, C))."""
     step = np.full(hh.shape[0], 2.0**-step_log2)
     step[-1] = BIAS_STEP
     w = k * step  # (3, F)

@@ -35,7 +35,7 @@ tile_payloads = st.fixed_dictionaries(
 ancillary_types = st.tuples(
     st.sampled_from("abcdefghijklmnopqrstuvwxyz"),
     st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=3, max_size=3),
-).map(lambda t: (t[0] + t[1]).encode()).filter(lambda t: t not in (C.ICC, C.EXIF, C.XMP, C.FILTER))
+).map(lambda t: (t[0] + t[1]).encode()).filter(lambda t: t not in (C.ICC, C.EXIF, C.XMP, C.FILTER, C.CLASS_FILTER))
 metadata = st.none() | st.binary(min_size=1, max_size=64)
 post_filters = st.none() | st.sampled_from([1, 2]).flatmap(
     lambda r: st.fixed_dictionaries(
@@ -49,6 +49,38 @@ post_filters = st.none() | st.sampled_from([1, 2]).flatmap(
             ),
         }
     )
+)
+
+coefficients = st.integers(-C.MAX_FILTER_COEFFICIENT, C.MAX_FILTER_COEFFICIENT)
+class_windows = st.integers(1, 2).flatmap(
+    lambda own: st.fixed_dictionaries(
+        {
+            "own_radius": st.just(own),
+            "cross_radius": st.integers(0, own),
+            "step_log2": st.integers(4, 14),
+            "orders": st.lists(st.integers(0, 7), min_size=C.FILTER_GROUPS, max_size=C.FILTER_GROUPS),
+        }
+    )
+)
+
+
+@st.composite
+def class_filters(draw) -> dict:
+    count = draw(st.integers(1, C.MAX_FILTER_CLASSES))
+    windows = draw(st.lists(class_windows, min_size=count, max_size=count))
+    sizes = [len(C.coefficient_groups(w["own_radius"], w["cross_radius"])) for w in windows]
+    return {
+        "count": count,
+        "threshold": draw(st.integers(0, 65535)) if count == 2 else None,
+        "windows": windows,
+        # mostly small values, as filters have, and sometimes any value the format allows
+        "coefficients": [draw(st.lists(st.integers(-40, 40) | coefficients, min_size=n, max_size=n)) for n in sizes],
+    }
+
+
+# a file has at most one of the two post-filter chunks
+post_filter_chunks = st.fixed_dictionaries({"post_filter": post_filters}) | st.fixed_dictionaries(
+    {"class_filter": st.none() | class_filters()}
 )
 
 
@@ -67,7 +99,7 @@ def containers(draw) -> C.Container:
         icc_profile=draw(metadata),
         exif=draw(metadata),
         xmp=draw(metadata),
-        post_filter=draw(post_filters),
+        **draw(post_filter_chunks),
         unknown=draw(st.lists(st.tuples(ancillary_types, st.binary(max_size=16)), max_size=3)),
     )
 
@@ -83,7 +115,7 @@ def test_build_parse_build_is_byte_identical(c: C.Container) -> None:
     index = C.scan(io.BytesIO(data))
     assert index.container.header == c.header
     assert index.container.exif == c.exif and index.container.unknown == c.unknown
-    assert index.container.post_filter == c.post_filter
+    assert index.container.post_filter == c.post_filter and index.container.class_filter == c.class_filter
     assert len(index.tile_offsets) == len(c.tiles)
     for (offset, size), tile in zip(index.tile_offsets, c.tiles):
         assert C.read_chunk(io.BytesIO(data), offset, size) == (C.TILE, tile)
@@ -198,3 +230,19 @@ def test_one_tile_file_overhead() -> None:
     TILE 12 + 4 (the symbols CRC)."""
     c = minimal()
     assert len(C.build(c)) == 8 + 12 + 38 + 12 + 4
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80) | st.binary(max_size=40).map(lambda codes: b"\x02\x01\x00" + b"\x48\x00\x00" * 2 + codes))
+def test_any_filter_payload_parses_or_is_reported(payload: bytes) -> None:
+    """Behind a correct CRC a fILC or fILT payload is either a filter or a ContainerError, and one that
+    parses builds back to the same bytes (the Exp-Golomb codes have one spelling)."""
+    data = C.build(minimal())
+    head = len(C.SIGNATURE) + 12 + 38
+    for chunk_type in (C.CLASS_FILTER, C.FILTER):
+        try:
+            parsed = C.parse(data[:head] + raw_chunk(chunk_type, payload) + data[head:])
+        except C.ContainerError:
+            continue
+        value = parsed.class_filter if chunk_type == C.CLASS_FILTER else parsed.post_filter
+        assert C.chunk_bytes(chunk_type, value) == raw_chunk(chunk_type, payload)

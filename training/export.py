@@ -143,6 +143,38 @@ def write_runtime_graphs(folder: Path = ROOT / "pillow_dcv" / "gemm") -> None:
              helper.make_node("Conv", ["padded", "w", "b"], ["y"])]
     save(nodes, "post_filter", [x, w, bias], [y], [pads])
 
+    # Two classes (spec 4.6): both filters in one convolution, then each pixel takes the second's output
+    # where the activity of the unfiltered picture, rounded to 8 bits, exceeds the threshold. The
+    # activity's convolutions see integers far below 2^24, so float32 computes them exactly.
+    w2 = helper.make_tensor_value_info("w", TensorProto.FLOAT, [6, 3, 5, 5])
+    bias2 = helper.make_tensor_value_info("b", TensorProto.FLOAT, [6])
+    threshold = helper.make_tensor_value_info("t", TensorProto.FLOAT, [])
+    consts = [
+        pads,
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [255.0]),
+        helper.make_tensor("low", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("high", TensorProto.FLOAT, [], [255.0]),
+        helper.make_tensor("luma", TensorProto.FLOAT, [1, 3, 1, 1], [1.0, 2.0, 1.0]),
+        helper.make_tensor("laplacian", TensorProto.FLOAT, [1, 1, 3, 3], [0, -1, 0, -1, 4, -1, 0, -1, 0]),
+        helper.make_tensor("box", TensorProto.FLOAT, [1, 1, 3, 3], [1.0] * 9),
+        helper.make_tensor("split", TensorProto.INT64, [2], [3, 3]),
+    ]
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["padded"], mode="edge"),
+        helper.make_node("Conv", ["padded", "w", "b"], ["both"]),
+        helper.make_node("Split", ["both", "split"], ["y0", "y1"], axis=1),
+        helper.make_node("Mul", ["padded", "scale"], ["levels"]),
+        helper.make_node("Clip", ["levels", "low", "high"], ["clipped"]),
+        helper.make_node("Round", ["clipped"], ["rounded"]),
+        helper.make_node("Conv", ["rounded", "luma"], ["lum"]),
+        helper.make_node("Conv", ["lum", "laplacian"], ["lap"]),
+        helper.make_node("Abs", ["lap"], ["abs_lap"]),
+        helper.make_node("Conv", ["abs_lap", "box"], ["activity"]),
+        helper.make_node("Greater", ["activity", "t"], ["busy"]),
+        helper.make_node("Where", ["busy", "y1", "y0"], ["y"]),
+    ]
+    save(nodes, "post_filter_classes", [x, w2, bias2, threshold], [y], consts)
+
 
 def fixed_point(x: np.ndarray, frac: int) -> np.ndarray:
     """Biases in an accumulator's fixed point: round(x * 2**frac) as int64."""
