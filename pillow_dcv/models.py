@@ -25,7 +25,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 GEMM_DIR = Path(__file__).resolve().parent / "gemm"
 DEFAULT_MODEL = "dcv-ms2-s22"
 MODEL_FILES = ("analysis.onnx", "synthesis.onnx", "prior.npz")
-SHARED_GRAPHS = ("matmul_integer", "post_filter", "post_filter_classes")  # in GEMM_DIR: the same for every model
+SHARED_GRAPHS = ("matmul_integer", "post_filter")  # in GEMM_DIR: the same for every model
 
 _lock = threading.Lock()
 _models: dict[str, Model] = {}
@@ -145,17 +145,10 @@ class Model:
         (x_hat,) = self.session("synthesis", **session_args).run(None, {"y_hat": y_hat, "inv_gain": inv_gain})
         return x_hat
 
-    def post_filter(
-        self, x_hat: np.ndarray, weights: np.ndarray, bias: np.ndarray, threshold: int | None = None, **session_args
-    ) -> np.ndarray:
-        """The synthesis output (1, 3, H, W) through a file's post-filter (spec 4.5, 4.6): one filter
-        (weights (3, 3, 5, 5), bias (3,)), or two (6, 3, 5, 5) and (6,) split by an activity threshold."""
-        if threshold is None:
-            feeds = {"x": x_hat, "w": weights, "b": bias}
-            (y,) = self.session("post_filter", **session_args).run(None, feeds)
-        else:
-            feeds = {"x": x_hat, "w": weights, "b": bias, "t": np.array(threshold, dtype=np.float32)}
-            (y,) = self.session("post_filter_classes", **session_args).run(None, feeds)
+    def post_filter(self, x_hat: np.ndarray, weights: np.ndarray, bias: np.ndarray, **session_args) -> np.ndarray:
+        """The synthesis output (1, 3, H, W) through n/3 post-filters at once (spec 4.5, 4.6): weights
+        (n, 3, 5, 5) and bias (n,) -> (1, n, H, W)."""
+        (y,) = self.session("post_filter", **session_args).run(None, {"x": x_hat, "w": weights, "b": bias})
         return y
 
     @cached_property

@@ -97,14 +97,28 @@ def chunk_kernel(post_filter: dict | None, class_filter: dict | None) -> Kernel 
     return Kernel(weights, bias, class_filter["threshold"], clipped=True)
 
 
-def activity(levels: np.ndarray) -> np.ndarray:
-    """The local activity that picks a pixel's class (spec 4.6), (H, W) int64, of 8-bit pixels (H, W, 3):
-    the 3x3 sum of the absolute Laplacian of L = R + 2G + B, edges repeated."""
-    x = np.pad(levels.astype(np.int64), ((2, 2), (2, 2), (0, 0)), mode="edge")
-    lum = x[..., 0] + 2 * x[..., 1] + x[..., 2]
-    lap = np.abs(4 * lum[1:-1, 1:-1] - lum[:-2, 1:-1] - lum[2:, 1:-1] - lum[1:-1, :-2] - lum[1:-1, 2:])
-    h, w = levels.shape[:2]
-    return sum(lap[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
+def luma(levels: np.ndarray) -> np.ndarray:
+    """L = R + 2G + B (spec 4.6) of 8-bit pixels (H, W, 3), float32 (exact: integers below 2^24)."""
+    x = levels.astype(np.float32)
+    return x[..., 0] + 2 * x[..., 1] + x[..., 2]
+
+
+def activity(lum: np.ndarray) -> np.ndarray:
+    """The local activity that picks a pixel's class (spec 4.6), (H, W) float32 holding integers, of
+    the luma (H, W): the 3x3 sum of its absolute Laplacian, edges repeated."""
+    x = np.pad(lum.astype(np.float32), 2, mode="edge")
+    lap = np.abs(4 * x[1:-1, 1:-1] - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:])
+    rows = lap[:, :-2] + lap[:, 1:-1] + lap[:, 2:]  # the 3x3 sum as two passes of three
+    return rows[:-2] + rows[1:-1] + rows[2:]
+
+
+def pick_classes(x_hat: np.ndarray, filtered: np.ndarray, threshold: int) -> np.ndarray:
+    """Two filters' outputs (1, 6, H, W) -> (1, 3, H, W): each pixel takes the second's where the
+    activity of the unfiltered synthesis output x_hat (1, 3, H, W, 0..1), rounded to 8 bits, exceeds
+    the threshold. (numpy: onnxruntime's one-channel convolutions took four times as long.)"""
+    rounded = np.rint(np.clip(x_hat[0] * np.float32(255), 0, 255))
+    lum = rounded[0] + 2 * rounded[1] + rounded[2]
+    return np.where(activity(lum) > threshold, filtered[:, 3:], filtered[:, :3])
 
 
 def normal_equations(

@@ -118,8 +118,9 @@ def store_weights_fp16(path: Path) -> None:
 
 def write_runtime_graphs(folder: Path = ROOT / "pillow_dcv" / "gemm") -> None:
     """The runtime's model-independent graphs: a one-node MatMulInteger (uint8 x int8 -> int32) for the
-    integer prior, and the post-filter (spec 4.5): edge padding by 2, then a 5x5 convolution whose
-    weights and bias are inputs (the file's fILT chunk)."""
+    integer prior, and the post-filter (spec 4.5, 4.6): edge padding by 2, then a 5x5 convolution whose
+    weights and bias are inputs (the file's fILT or fILC chunk; two fILC filters are one convolution with
+    six outputs, and the codec picks each pixel's three)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -135,45 +136,13 @@ def write_runtime_graphs(folder: Path = ROOT / "pillow_dcv" / "gemm") -> None:
     c = helper.make_tensor_value_info("c", TensorProto.INT32, ["n", "o"])
     save([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "matmul_integer", [a, b], [c])
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])
-    w = helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 3, 5, 5])
-    bias = helper.make_tensor_value_info("b", TensorProto.FLOAT, [3])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "h", "w"])
+    w = helper.make_tensor_value_info("w", TensorProto.FLOAT, ["n", 3, 5, 5])  # n = 3 per filter (fILC: 1 or 2)
+    bias = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", "h", "w"])
     pads = helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 2, 2, 0, 0, 2, 2])
     nodes = [helper.make_node("Pad", ["x", "pads"], ["padded"], mode="edge"),
              helper.make_node("Conv", ["padded", "w", "b"], ["y"])]
     save(nodes, "post_filter", [x, w, bias], [y], [pads])
-
-    # Two classes (spec 4.6): both filters in one convolution, then each pixel takes the second's output
-    # where the activity of the unfiltered picture, rounded to 8 bits, exceeds the threshold. The
-    # activity's convolutions see integers far below 2^24, so float32 computes them exactly.
-    w2 = helper.make_tensor_value_info("w", TensorProto.FLOAT, [6, 3, 5, 5])
-    bias2 = helper.make_tensor_value_info("b", TensorProto.FLOAT, [6])
-    threshold = helper.make_tensor_value_info("t", TensorProto.FLOAT, [])
-    consts = [
-        pads,
-        helper.make_tensor("scale", TensorProto.FLOAT, [], [255.0]),
-        helper.make_tensor("low", TensorProto.FLOAT, [], [0.0]),
-        helper.make_tensor("high", TensorProto.FLOAT, [], [255.0]),
-        helper.make_tensor("luma", TensorProto.FLOAT, [1, 3, 1, 1], [1.0, 2.0, 1.0]),
-        helper.make_tensor("laplacian", TensorProto.FLOAT, [1, 1, 3, 3], [0, -1, 0, -1, 4, -1, 0, -1, 0]),
-        helper.make_tensor("box", TensorProto.FLOAT, [1, 1, 3, 3], [1.0] * 9),
-        helper.make_tensor("split", TensorProto.INT64, [2], [3, 3]),
-    ]
-    nodes = [
-        helper.make_node("Pad", ["x", "pads"], ["padded"], mode="edge"),
-        helper.make_node("Conv", ["padded", "w", "b"], ["both"]),
-        helper.make_node("Split", ["both", "split"], ["y0", "y1"], axis=1),
-        helper.make_node("Mul", ["padded", "scale"], ["levels"]),
-        helper.make_node("Clip", ["levels", "low", "high"], ["clipped"]),
-        helper.make_node("Round", ["clipped"], ["rounded"]),
-        helper.make_node("Conv", ["rounded", "luma"], ["lum"]),
-        helper.make_node("Conv", ["lum", "laplacian"], ["lap"]),
-        helper.make_node("Abs", ["lap"], ["abs_lap"]),
-        helper.make_node("Conv", ["abs_lap", "box"], ["activity"]),
-        helper.make_node("Greater", ["activity", "t"], ["busy"]),
-        helper.make_node("Where", ["busy", "y1", "y0"], ["y"]),
-    ]
-    save(nodes, "post_filter_classes", [x, w2, bias2, threshold], [y], consts)
 
 
 def fixed_point(x: np.ndarray, frac: int) -> np.ndarray:

@@ -2,10 +2,13 @@
 of real files with the same tiles (session 23).
 
     python training/experiments/class_filter_ab.py [--images DIR] [--effort 2] [--every 1] [--side 768]
+        [--control fILT|QUANTILES]
 
 Each photo and quality is encoded once; the encoder's filter fit is intercepted, and the control
-file is the same file with session 21's fILT (one 3x3 or 5x5 filter, varint coefficients) in place
-of the fILC the encoder chose. Both files are decoded through Pillow.
+file is the same file with another filter chunk in place of the fILC the encoder chose: session 21's
+fILT (one 3x3 or 5x5 filter, varint coefficients), or the fILC of an encoder that tries other
+quantiles of the activity as the classes' threshold (`--control 0.5`: the median only). Both files
+are decoded through Pillow.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="every n-th photo of the folder")
     ap.add_argument("--side", type=int, default=768, help="centre crops of at most side x side")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--control", default="fILT", help="fILT, or the control's quantiles, comma-separated")
     args = ap.parse_args()
     pillow_dcv.set_threads(args.threads)
     paths = photo_paths(args.images)[:: args.every]
@@ -67,7 +71,16 @@ def main() -> None:
         return fit_filc(*fit_args)
 
     codec.fit_post_filter = intercept
-    arms = {"fILT": ([], []), "fILC": ([], [])}
+    def control(c: container.Container, fit_args: tuple) -> None:
+        if args.control == "fILT":
+            c.class_filter, c.post_filter = None, fit_filt(*fit_args)
+        else:
+            splits, codec.CLASS_SPLITS = codec.CLASS_SPLITS, tuple(float(v) for v in args.control.split(","))
+            c.class_filter = fit_filc(*fit_args)
+            codec.CLASS_SPLITS = splits
+
+    print(f"fILC: thresholds at the activity quantiles {codec.CLASS_SPLITS}")
+    arms = {"control": ([], []), "fILC": ([], [])}
     classes = []
     for q in QUALITIES:
         sums = {arm: [0, 0, []] for arm in arms}
@@ -76,8 +89,8 @@ def main() -> None:
             data = codec.encode(a, "RGB", q, effort=args.effort)
             c = container.parse(data)
             classes.append(0 if c.class_filter is None else c.class_filter["count"])
-            c.class_filter, c.post_filter = None, fit_filt(*captured[0])
-            for arm, file in (("fILC", data), ("fILT", container.build(c))):
+            control(c, captured[0])
+            for arm, file in (("fILC", data), ("control", container.build(c))):
                 decoded = np.asarray(Image.open(io.BytesIO(file)).convert("RGB"))
                 sums[arm][0] += 8 * len(file)
                 sums[arm][1] += a.shape[0] * a.shape[1]
@@ -85,10 +98,10 @@ def main() -> None:
         for arm, (bits, pixels, values) in sums.items():
             arms[arm][0].append(bits / pixels)
             arms[arm][1].append(float(np.mean(values)))
-        print(f"q{q}: fILT {arms['fILT'][0][-1]:.4f}/{arms['fILT'][1][-1]:.3f}", end="  ")
+        print(f"q{q}: {args.control} {arms['control'][0][-1]:.4f}/{arms['control'][1][-1]:.3f}", end="  ")
         print(f"fILC {arms['fILC'][0][-1]:.4f}/{arms['fILC'][1][-1]:.3f}", flush=True)
     print(f"files with 0 / 1 / 2 classes: {[classes.count(k) for k in range(3)]}")
-    print(f"BD-rate of fILC against fILT: {bd_rate(*arms['fILT'], *arms['fILC']):+.2f} %")
+    print(f"BD-rate of fILC against {args.control}: {bd_rate(*arms['control'], *arms['fILC']):+.2f} %")
 
 
 if __name__ == "__main__":
