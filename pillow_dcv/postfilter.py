@@ -114,9 +114,9 @@ def activity(lum: np.ndarray) -> np.ndarray:
 
 def pick_classes(x_hat: np.ndarray, filtered: np.ndarray, threshold: int) -> np.ndarray:
     """Two filters' outputs (1, 6, H, W) -> (1, 3, H, W): each pixel takes the second's where the
-    activity of the unfiltered synthesis output x_hat (1, 3, H, W, 0..1), rounded to 8 bits, exceeds
-    the threshold. (numpy: onnxruntime's one-channel convolutions took four times as long.)"""
-    rounded = np.rint(np.clip(x_hat[0] * np.float32(255), 0, 255))
+    activity of the unfiltered synthesis output x_hat (1, 3, H, W, already clipped to 0..1), rounded to
+    8 bits, exceeds the threshold. (numpy: onnxruntime's one-channel convolutions took four times as long.)"""
+    rounded = np.rint(x_hat[0] * np.float32(255))
     lum = rounded[0] + 2 * rounded[1] + rounded[2]
     return np.where(activity(lum) > threshold, filtered[:, 3:], filtered[:, :3])
 
