@@ -9,14 +9,15 @@ twice and tile edges do not show (the hyper-prior's context stops at a tile edge
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 
 from . import container, entropy, postfilter
-from .models import DEFAULT_MODEL, Model, get_model
+from .models import DEFAULT_MODEL, Model, get_model, thread_count, use_threads_in_this_thread
 from .prior import Part
 
 DOWNSAMPLING = 64  # g_a (x16) then h_a (x4): tiles are padded to a multiple of this
@@ -38,6 +39,12 @@ MIN_EFFORT, MAX_EFFORT = 1, len(ORIENTATIONS)
 DEFAULT_EFFORT = 4
 PAD_BLUR = 32  # pixels: the widest blur of the padding (pad_to_multiple)
 SEARCH_SIDE = 1024  # a larger picture is searched on its centre: the search costs at most ~1 Mpx a try
+# A picture of several tiles is coded by this many worker threads at most, each running its tasks (a
+# tile's analysis and entropy coding, or its entropy decoding, a cell's synthesis) on its share of the
+# cores; the decoder entropy-decodes the next row of tiles beside the synthesis of this one. Each
+# worker holds a synthesis window of ~200 MB (24 MP on 2 cores: decoding 490 -> 350-390 ms/Mpx, peak
+# 830 -> 1200 MB; training/LOG.md session 24).
+MAX_WORKERS = 4
 SIGNATURE = container.SIGNATURE
 
 
@@ -380,7 +387,9 @@ def encode_tiles(model: Model, colour: np.ndarray, quality: float, tile_size: in
     padded = pad_to_multiple(np.ascontiguousarray(colour), DOWNSAMPLING)
     cells = tile_grid(padded.shape[1], padded.shape[0], tile_size)
     z_row = model.z_row(int(quality * 256) / 256)  # from the quality the header stores, as the decoder does
-    return [encode_tile(model, padded, cell, gain, i, z_row) for i, cell in enumerate(cells)]
+    with _workers(len(cells)) as pool:
+        tiles = [pool.submit(encode_tile, model, padded, cell, gain, i, z_row) for i, cell in enumerate(cells)]
+        return [tile.result() for tile in tiles]
 
 
 def best_orientation(
@@ -502,27 +511,62 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
 
     tile_size = header["tile_size"]
     kernel = postfilter.chunk_kernel(info.index.container.post_filter, info.index.container.class_filter)
-    rows = _decode_latent_rows(fp, model, info.index.tile_offsets, width, height, tile_size, info.quality)
-    coded = synthesise(model, rows, info.mode, width, height, tile_size, info.quality, kernel, **session_args)
+    tile_offsets = info.index.tile_offsets
+    with _workers(len(tile_offsets)) as pool:
+        rows = _decode_latent_rows(fp, model, tile_offsets, width, height, tile_size, info.quality, pool)
+        coded = synthesise(model, rows, info.mode, width, height, tile_size, info.quality, kernel, pool, **session_args)
     out = np.ascontiguousarray(unorient(coded, orientation)) if orientation else coded
     if info.mode.endswith("A"):
         out[:, :, -1] = decode_alpha(info.index.container.alpha, info.height, info.width)
     return out
 
 
+class _Inline(Executor):
+    """Runs each task at once in the calling thread: the decoder with one worker."""
+
+    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as e:
+            future.set_exception(e)
+        return future
+
+
+class _Workers(ThreadPoolExecutor):
+    """Worker threads that each run onnxruntime on their share of the threads, and that drop the tasks
+    still queued when the work stops early (a damaged tile)."""
+
+    def __init__(self, workers: int, threads_each: int) -> None:
+        super().__init__(workers, "dcv-worker", initializer=use_threads_in_this_thread, initargs=(threads_each,))
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown(wait=True, cancel_futures=True)
+
+
+def _workers(tiles: int) -> Executor:
+    """Where the codec runs its tasks: threads when the picture has several tiles and the codec
+    several threads (onnxruntime uses them all on a single tile's transforms)."""
+    threads = thread_count()
+    workers = min(MAX_WORKERS, threads, tiles)
+    return _Workers(workers, threads // workers) if workers > 1 else _Inline()
+
+
 def synthesise(
     model: Model, latent_rows: Iterator[np.ndarray], mode: str, width: int, height: int, tile_size: int,
-    quality: float, kernel: postfilter.Kernel | None = None, **session_args,
+    quality: float, kernel: postfilter.Kernel | None = None, pool: Executor | None = None, **session_args,
 ) -> np.ndarray:
     """Pixels (height, width, len(mode)) uint8 of a picture from its latents, given one row of tiles
     at a time (M, rows/16, padded width/16), top to bottom (an alpha channel is left unset), through
-    the file's post-filter if it has one (`postfilter.chunk_kernel`).
+    the file's post-filter if it has one (`postfilter.chunk_kernel`). The cells of a row are
+    synthesised as tasks of `pool` (default: one after the other).
 
     The pixels are the synthesis of the whole latent mosaic. It is computed one tile at a time
     on the tile's latents plus SYNTHESIS_MARGIN cells of its neighbours', which is exact because
     the synthesis reaches less far. So one row of tiles is synthesised once the next row's
     latents are decoded, and memory stays bounded by about two rows of latents.
     """
+    pool = pool or _Inline()
     hp, wp = padded_size(height), padded_size(width)
     _, inv_gain = model.gains(quality)
     row_starts = list(range(0, hp, tile_size))
@@ -536,22 +580,29 @@ def synthesise(
         band = np.concatenate(parts, axis=1) if len(parts) > 1 else current
         top = 0 if above is None else above.shape[1]
         rows = (y0, min(y0 + tile_size, height))
+        cells = []
         for x0 in range(0, wp, tile_size):  # every cell starts inside the image: wp - width < 64 <= tile_size
             cols = (x0, min(x0 + tile_size, width))
-            pixels = _synthesise_cell(model, band, top, x0 // LATENT_STRIDE, rows, cols, inv_gain, kernel, session_args)
-            _store(out, pixels, rows, cols, mode)
+            args = (model, band, top, x0 // LATENT_STRIDE, rows, cols, inv_gain, kernel, session_args)
+            cells.append((cols, pool.submit(_synthesise_cell, *args)))
+        for cols, pixels in cells:
+            _store(out, pixels.result(), rows, cols, mode)
         above, current = current[:, -margin:], below
     return out
 
 
 def _decode_latent_rows(
-    fp: BinaryIO, model: Model, tile_offsets: list, width: int, height: int, tile_size: int, quality: float
+    fp: BinaryIO, model: Model, tile_offsets: list, width: int, height: int, tile_size: int, quality: float,
+    pool: Executor,
 ) -> Iterator[np.ndarray]:
-    """Entropy-decode the tiles one row at a time into latent bands (M, rows/16, padded width/16)."""
+    """Entropy-decode the tiles into latent bands (M, rows/16, padded width/16), one row of tiles at a
+    time, each tile a task of `pool`. A row's tasks are handed out before the row above is yielded, so
+    workers decode it while that one is synthesised. The file is read here, in the caller's thread."""
     hp, wp = padded_size(height), padded_size(width)
     z_row = model.z_row(quality)
     tiles = iter(enumerate(tile_offsets))
-    for y0 in range(0, hp, tile_size):
+
+    def submit_row(y0: int) -> list[Future]:
         y1 = min(y0 + tile_size, hp)
         cells = []
         for x0 in range(0, wp, tile_size):
@@ -561,8 +612,15 @@ def _decode_latent_rows(
                 _, tile = container.read_chunk(fp, offset, size)
             except container.ContainerError as e:
                 raise CorruptFileError(str(e)) from None
-            cells.append(decode_tile(model, tile, i, y1 - y0, x1 - x0, z_row))
-        yield np.concatenate(cells, axis=2) if len(cells) > 1 else cells[0]
+            cells.append(pool.submit(decode_tile, model, tile, i, y1 - y0, x1 - x0, z_row))
+        return cells
+
+    row_starts = range(0, hp, tile_size)
+    ahead = submit_row(row_starts[0])
+    for r in range(len(row_starts)):
+        cells, ahead = ahead, submit_row(row_starts[r + 1]) if r + 1 < len(row_starts) else []
+        latents = [cell.result() for cell in cells]
+        yield np.concatenate(latents, axis=2) if len(latents) > 1 else latents[0]
 
 
 def _synthesise_cell(model, band, top, lx0, rows, cols, inv_gain, kernel, session_args) -> np.ndarray:

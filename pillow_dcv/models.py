@@ -30,6 +30,7 @@ SHARED_GRAPHS = ("matmul_integer", "post_filter")  # in GEMM_DIR: the same for e
 _lock = threading.Lock()
 _models: dict[str, Model] = {}
 _settings = {"threads": 0}  # 0: one per core
+_worker = threading.local()  # a decoder worker's own share of the threads (use_threads_in_this_thread)
 
 
 def set_threads(threads: int) -> None:
@@ -37,6 +38,17 @@ def set_threads(threads: int) -> None:
     if threads < 0:
         raise ValueError("threads must be >= 0")
     _settings["threads"] = threads
+
+
+def thread_count() -> int:
+    """The threads the codec may use: set_threads' setting, or one per core."""
+    return _settings["threads"] or os.cpu_count() or 1
+
+
+def use_threads_in_this_thread(threads: int) -> None:
+    """Sessions run from the calling thread use `threads` threads unless a call asks otherwise: the
+    decoder's workers each take their share of the cores (a ThreadPoolExecutor initializer)."""
+    _worker.threads = threads
 
 
 def available_models() -> list[str]:
@@ -107,6 +119,8 @@ class Model:
         return min(self.z_rows, max(1, int(np.floor(quality + 0.5)))) - 1
 
     def session(self, name: str, optimization: str | None = None, threads: int | None = None):
+        if threads is None:
+            threads = getattr(_worker, "threads", None)
         key = f"{name}:{optimization}:{threads}"
         with self._session_lock:
             s = self._sessions.get(key)
@@ -120,7 +134,7 @@ class Model:
         opts = ort.SessionOptions()
         level = optimization or "ORT_ENABLE_ALL"
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        n = threads if threads is not None else (_settings["threads"] or os.cpu_count() or 1)
+        n = threads if threads is not None else thread_count()
         opts.intra_op_num_threads = n
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -426,9 +427,12 @@ def test_flipped_scale_index_is_reported_not_shown(photo, monkeypatch: pytest.Mo
         codec.decode(io.BytesIO(data), info)
 
 
-def test_swapped_tiles_are_reported_not_shown(photo) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_swapped_tiles_are_reported_not_shown(photo, monkeypatch, threads: int) -> None:
     """Tiles store no index: the symbols CRC covers the tile's position, so two whole, valid tile
-    chunks of the same size that trade places fail their checks instead of showing a shuffled picture."""
+    chunks of the same size that trade places fail their checks instead of showing a shuffled picture.
+    With worker threads the error comes from a worker, and no worker outlives the decoding."""
+    monkeypatch.setattr(codec, "thread_count", lambda: threads)
     pixels = np.asarray(photo)[:64, :128]
     data, info = encode(pixels, 4, tile_size=64)
     (a, a_size), (b, b_size) = info.index.tile_offsets
@@ -437,6 +441,7 @@ def test_swapped_tiles_are_reported_not_shown(photo) -> None:
     info = codec.read_info(io.BytesIO(swapped))  # the container is still well formed
     with pytest.raises(OSError, match="tile 0: decoded symbols do not match their checksum"):
         codec.decode(io.BytesIO(swapped), info)
+    assert not [t for t in threading.enumerate() if t.name.startswith("dcv-worker")]
 
 
 def test_entropy_coder_roundtrip_and_clamping() -> None:
@@ -535,6 +540,24 @@ def test_tiled_decode_equals_a_larger_margin(sample, monkeypatch) -> None:
     b = codec.decode(io.BytesIO(data), info)
     diff = np.abs(a.astype(int) - b)
     assert diff.max() <= 1 and diff.mean() < 0.01  # float rounding only
+
+
+@pytest.mark.parametrize("threads", [2, 5])
+def test_worker_threads_decode_the_same_pixels(sample, monkeypatch, threads: int) -> None:
+    """With several threads, workers decode the tiles (a row ahead) and synthesise the cells: the same
+    pixels as one thread, in their places, on a picture of 3 x 4 tiles with partial ones at the edges."""
+    pixels = np.asarray(sample)[:300, :390]
+    data, info = encode(pixels, 3, tile_size=128)
+    assert len(info.index.tile_offsets) == 3 * 4
+    monkeypatch.setattr(codec, "thread_count", lambda: 1)
+    alone = codec.decode(io.BytesIO(data), info)
+    monkeypatch.setattr(codec, "thread_count", lambda: threads)
+    started = threading.active_count()
+    workers = codec.decode(io.BytesIO(data), info)
+    diff = np.abs(workers.astype(int) - alone)
+    assert diff.max() <= 1 and diff.mean() < 1e-3  # onnxruntime on other thread counts: float rounding only
+    assert psnr(workers, pixels) > 25
+    assert threading.active_count() == started
 
 
 def test_gray_is_stored_as_gray(photo) -> None:
