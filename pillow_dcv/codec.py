@@ -405,7 +405,8 @@ def best_orientation(
     y0, x0 = max(0, (height - SEARCH_SIDE) // 2), max(0, (width - SEARCH_SIDE) // 2)
     sample = colour[y0 : y0 + SEARCH_SIDE, x0 : x0 + SEARCH_SIDE]
     turned = [np.ascontiguousarray(orient(sample, o)) for o in candidates]
-    tried = [rd_cost(model, t, quality, tile_size) for t in turned]
+    with _workers(len(turned)) as pool:  # the candidates are independent: one a worker
+        tried = [trial.result() for trial in [pool.submit(rd_cost, model, t, quality, tile_size) for t in turned]]
     best = int(np.argmin([cost for cost, _, _ in tried]))
     _, tiles, decoded = tried[best]
     return candidates[best], tiles if sample.shape == colour.shape else None, (turned[best], decoded)
@@ -458,7 +459,10 @@ def fit_post_filter(original: np.ndarray, decoded: np.ndarray, rd_lambda: float,
     act = postfilter.activity(postfilter.luma(decoded))
     thresholds = np.minimum(np.quantile(act, CLASS_SPLITS, method="lower").astype(int), 65535)
     bins = np.searchsorted(thresholds, act, side="left")  # how many thresholds lie below each pixel's activity
-    hh, gg, rr = postfilter.normal_equations(decoded, original, widest, bins.astype(np.int8), count=len(thresholds) + 1)
+    with _workers(len(decoded) // 64) as pool:
+        hh, gg, rr = postfilter.normal_equations(
+            decoded, original, widest, bins.astype(np.int8), count=len(thresholds) + 1, pool=pool
+        )
     sizes = np.bincount(bins.ravel(), minlength=len(thresholds) + 1)
     options = [(None, [_best_class_fit(hh.sum(0), gg.sum(0), rr.sum(0), widest, rd_lambda, n, pixels)])]
     for j, threshold in enumerate(thresholds):
@@ -544,11 +548,11 @@ class _Workers(ThreadPoolExecutor):
         self.shutdown(wait=True, cancel_futures=True)
 
 
-def _workers(tiles: int) -> Executor:
-    """Where the codec runs its tasks: threads when the picture has several tiles and the codec
-    several threads (onnxruntime uses them all on a single tile's transforms)."""
+def _workers(tasks: int) -> Executor:
+    """Where the codec runs `tasks` independent tasks: threads when there are several tasks and the
+    codec several threads (onnxruntime uses them all on a single tile's transforms)."""
     threads = thread_count()
-    workers = min(MAX_WORKERS, threads, tiles)
+    workers = min(MAX_WORKERS, threads, tasks)
     return _Workers(workers, threads // workers) if workers > 1 else _Inline()
 
 

@@ -15,6 +15,7 @@ with x the synthesis output in levels (0..255), replicated beyond the padded pic
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import NamedTuple
 
 import numpy as np
@@ -122,20 +123,24 @@ def pick_classes(x_hat: np.ndarray, filtered: np.ndarray, threshold: int) -> np.
 
 
 def normal_equations(
-    decoded: np.ndarray, original: np.ndarray, radius: int, classes: np.ndarray | None = None, count: int = 1
+    decoded: np.ndarray,
+    original: np.ndarray,
+    radius: int,
+    classes: np.ndarray | None = None,
+    count: int = 1,
+    pool: Executor | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares statistics of the filter's correction on a picture, per class of pixels (`classes`,
     (H, W) of 0..count-1; None: one class): H = A^T A (count, F, F), G = A^T R (count, F, 3) and the
     sums of R^2 (count, 3), with A the features (the offset pairs of every channel, then 1) and R the
-    residual original - decoded, all in levels. Computed in strips, so memory stays small."""
+    residual original - decoded, all in levels. Computed in strips of 64 rows, so memory stays small;
+    with a `pool`, strips are its tasks (the sums are still added in strip order: the same numbers)."""
     offsets = half_window(radius)
     h, w, _ = decoded.shape
     x = np.pad(decoded.astype(np.float32), ((radius, radius), (radius, radius), (0, 0)), mode="edge")
     n_feat = 3 * len(offsets) + 1
-    hh = np.zeros((count, n_feat, n_feat))
-    gg = np.zeros((count, n_feat, 3))
-    rr = np.zeros((count, 3))
-    for y0 in range(0, h, 64):
+
+    def strip(y0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         y1 = min(h, y0 + 64)
         cols = []
         for ci in range(3):
@@ -148,13 +153,21 @@ def normal_equations(
         a = np.stack(cols, axis=1).astype(np.float64)
         r = (original[y0:y1].astype(np.float64) - decoded[y0:y1]).reshape(-1, 3)
         labels = None if classes is None else classes[y0:y1].ravel()
+        hh, gg, rr = np.zeros((count, n_feat, n_feat)), np.zeros((count, n_feat, 3)), np.zeros((count, 3))
         for k in range(count):
             ak, rk = (a, r) if labels is None else (a[labels == k], r[labels == k])
             # einsum's own loops, not BLAS: a threaded BLAS GEMM on these thin matrices spins for seconds when the
             # cores are busy with other work (0.3 s -> 8 s for a Kodak picture); idle, einsum costs ~0.3 s more
-            hh[k] += np.einsum("pi,pj->ij", ak, ak, optimize=False)
-            gg[k] += np.einsum("pi,pc->ic", ak, rk, optimize=False)
-            rr[k] += np.sum(rk * rk, axis=0)
+            hh[k] = np.einsum("pi,pj->ij", ak, ak, optimize=False)
+            gg[k] = np.einsum("pi,pc->ic", ak, rk, optimize=False)
+            rr[k] = np.sum(rk * rk, axis=0)
+        return hh, gg, rr
+
+    hh, gg, rr = np.zeros((count, n_feat, n_feat)), np.zeros((count, n_feat, 3)), np.zeros((count, 3))
+    for sh, sg, sr in (pool.map if pool is not None else map)(strip, range(0, h, 64)):
+        hh += sh
+        gg += sg
+        rr += sr
     return hh, gg, rr
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -171,6 +172,10 @@ def test_smaller_window_statistics_come_from_the_wider_ones(photo) -> None:
     np.testing.assert_allclose(gc.sum(0), g2[0], rtol=1e-12, atol=1e-6)
     np.testing.assert_allclose(rc.sum(0), r2[0], rtol=1e-12)
     assert hc[1, -1, -1] == classes.sum()  # the bias feature counts the class's pixels
+    # the encoder's worker threads take a strip each (70 rows: two), and the sums are the same numbers
+    with ThreadPoolExecutor(2) as pool:
+        hp, gp, rp = postfilter.normal_equations(decoded, original, 2, classes.astype(np.int8), count=2, pool=pool)
+    assert np.array_equal(hp, hc) and np.array_equal(gp, gc) and np.array_equal(rp, rc)
 
 
 def test_encoder_adds_a_filter_that_pays(sample) -> None:
