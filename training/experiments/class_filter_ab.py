@@ -2,13 +2,14 @@
 of real files with the same tiles (session 23).
 
     python training/experiments/class_filter_ab.py [--images DIR] [--effort 2] [--every 1] [--side 768]
-        [--control fILT|QUANTILES]
+        [--control fILT|QUANTILES|unpruned]
 
 Each photo and quality is encoded once; the encoder's filter fit is intercepted, and the control
 file is the same file with another filter chunk in place of the fILC the encoder chose: session 21's
 fILT (one 3x3 or 5x5 filter, varint coefficients), or the fILC of an encoder that tries other
-quantiles of the activity as the classes' threshold (`--control 0.5`: the median only). Both files
-are decoded through Pillow.
+quantiles of the activity as the classes' threshold (`--control 0.5`: the median only), or one that
+fits quantised filters for every split instead of the best CLASS_SPLITS_FITTED by their unquantised
+gain (`--control unpruned`, session 24). Both files are decoded through Pillow.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="every n-th photo of the folder")
     ap.add_argument("--side", type=int, default=768, help="centre crops of at most side x side")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--control", default="fILT", help="fILT, or the control's quantiles, comma-separated")
+    ap.add_argument("--control", default="fILT", help="fILT, unpruned, or the control's quantiles, comma-separated")
     args = ap.parse_args()
     pillow_dcv.set_threads(args.threads)
     paths = photo_paths(args.images)[:: args.every]
@@ -74,6 +75,10 @@ def main() -> None:
     def control(c: container.Container, fit_args: tuple) -> None:
         if args.control == "fILT":
             c.class_filter, c.post_filter = None, fit_filt(*fit_args)
+        elif args.control == "unpruned":  # quantised fits for the classes of every split (session 23)
+            fitted, codec.CLASS_SPLITS_FITTED = codec.CLASS_SPLITS_FITTED, None
+            c.class_filter = fit_filc(*fit_args)
+            codec.CLASS_SPLITS_FITTED = fitted
         else:
             splits, codec.CLASS_SPLITS = codec.CLASS_SPLITS, tuple(float(v) for v in args.control.split(","))
             c.class_filter = fit_filc(*fit_args)
