@@ -42,9 +42,9 @@ SEARCH_SIDE = 1024  # a larger picture is searched on its centre: the search cos
 # A picture of several tiles is coded by this many worker threads at most, each running its tasks (a
 # tile's analysis and entropy coding, or its entropy decoding, a cell's synthesis) on its share of the
 # cores; the decoder entropy-decodes the next row of tiles beside the synthesis of this one. Each
-# worker holds a synthesis window of ~200 MB (24 MP on 2 cores: decoding 490 -> 350-390 ms/Mpx, peak
-# 830 -> 1200 MB; training/LOG.md session 24).
-MAX_WORKERS = 4
+# worker holds a synthesis window of ~350 MB, so more workers would take a 24 MP decode past 2 GB (on
+# 2 cores: 490 -> 340-390 ms/Mpx, peak 830 -> 1200 MB; training/LOG.md session 24).
+MAX_WORKERS = 2
 SIGNATURE = container.SIGNATURE
 
 
