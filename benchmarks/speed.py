@@ -34,12 +34,16 @@ import pillow_dcv
 path, width, height, quality, threads, what, coded, effort = sys.argv[1:9]
 pillow_dcv.set_threads(int(threads))
 # Set-up is not part of the per-image time: load the model and create the onnxruntime sessions by
-# coding a small image once (a program that codes one image pays this once; it is printed apart).
-small = Image.new("RGB", (64, 64), (120, 140, 160))
+# coding small images once (a program that codes one image pays this once; it is printed apart).
 t = time.perf_counter()
-buf = io.BytesIO(); small.save(buf, "DCV", quality=float(quality))
-Image.open(io.BytesIO(buf.getvalue())).load()
-pillow_dcv.models.get_model().session("post_filter")  # that small picture has no post-filter
+for size, tile in (((64, 64), 1024), ((128, 64), 64)):  # one tile, and two: the worker threads' sessions
+    buf = io.BytesIO()
+    Image.new("RGB", size, (120, 140, 160)).save(buf, "DCV", quality=float(quality), tile_size=tile, effort=2)
+    Image.open(io.BytesIO(buf.getvalue())).load()
+model = pillow_dcv.models.get_model()
+model.session("post_filter")  # those flat pictures have no post-filter
+if pillow_dcv.models.thread_count() > 1:
+    model.session("post_filter", threads=pillow_dcv.models.thread_count() // pillow_dcv.codec.MAX_WORKERS or 1)
 setup = time.perf_counter() - t
 stages, again, lock = {}, [], threading.Lock()
 def timed(owner, name, label):  # per-stage wall time of the decode

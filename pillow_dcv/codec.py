@@ -540,7 +540,7 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
 
 
 class _Inline(Executor):
-    """Runs each task at once in the calling thread: the decoder with one worker."""
+    """Runs each task at once in the calling thread: the codec with one worker."""
 
     def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
         future: Future = Future()
@@ -582,7 +582,8 @@ def synthesise(
     The pixels are the synthesis of the whole latent mosaic. It is computed one tile at a time
     on the tile's latents plus SYNTHESIS_MARGIN cells of its neighbours', which is exact because
     the synthesis reaches less far. So one row of tiles is synthesised once the next row's
-    latents are decoded, and memory stays bounded by about two rows of latents.
+    latents are decoded, and memory stays bounded by about three rows of latents (the decoder
+    entropy-decodes one more row beside the synthesis) and a synthesis window per worker.
     """
     pool = pool or _Inline()
     hp, wp = padded_size(height), padded_size(width)
