@@ -140,9 +140,9 @@ def main() -> None:
         for label, size in ((args.image.name, (0, 0)), (f"{args.image.name} upscaled {args.big_side}", big)):
             coded = Path(tmp) / "image.dcv"
             for what, effort in runs:
-                tries = [measure(args.image, size, args.quality, args.threads, what, coded, effort)]
-                for _ in range(args.repeat - 1):  # encodes write the same file: the decode reads the last
-                    tries.append(measure(args.image, size, args.quality, args.threads, what, coded, effort))
+                # the encodes write the same file: the decode reads the last
+                run_args = (args.image, size, args.quality, args.threads, what, coded, effort)
+                tries = [measure(*run_args) for _ in range(args.repeat)]
                 tries.sort(key=lambda r: r["ms_per_mpx"])
                 r = tries[len(tries) // 2]
                 op = f"{what} e{effort}" if what == "encode" else what

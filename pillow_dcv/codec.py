@@ -474,7 +474,7 @@ def fit_post_filter(original: np.ndarray, decoded: np.ndarray, rd_lambda: float,
         if threshold not in thresholds[:j] and MIN_CLASS_SHARE <= sizes[j + 1 :].sum() / act.size <= 1 - MIN_CLASS_SHARE
     ]
     if CLASS_SPLITS_FITTED is not None:  # the quantised fits cost; the splits' unquantised gains rank them
-        splits.sort(key=lambda split: -sum(_least_squares_gain(hh[p].sum(0), gg[p].sum(0)) for p in split[1]))
+        splits.sort(key=lambda split: -sum(postfilter.least_squares_gain(hh[p].sum(0), gg[p].sum(0)) for p in split[1]))
         splits = sorted(splits[:CLASS_SPLITS_FITTED])
     for j, parts in splits:
         fits = [_best_class_fit(hh[p].sum(0), gg[p].sum(0), rr[p].sum(0), widest, rd_lambda, n, pixels) for p in parts]
@@ -492,12 +492,6 @@ def fit_post_filter(original: np.ndarray, decoded: np.ndarray, rd_lambda: float,
         if gain > best_gain:
             best, best_gain = payload, gain
     return best
-
-
-def _least_squares_gain(hh: np.ndarray, gg: np.ndarray) -> float:
-    """The squared error that the widest filter, unquantised, takes off a class with statistics hh, gg."""
-    ridge = hh + np.eye(len(hh)) * (1e-6 * np.trace(hh) / len(hh) + 1e-9)  # as postfilter.quantised_fit
-    return float(np.sum(gg * np.linalg.solve(ridge, gg)))
 
 
 def _best_class_fit(hh, gg, rr, radius: int, rd_lambda: float, n: int, pixels: int) -> tuple[dict, list[int], float]:

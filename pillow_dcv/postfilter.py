@@ -217,12 +217,23 @@ def _bit_length(v: np.ndarray) -> np.ndarray:
     return np.floor(np.log2(v)).astype(np.int64) + 1
 
 
+def ridged(hh: np.ndarray) -> np.ndarray:
+    """H with a small ridge on its diagonal: a flat picture leaves H singular."""
+    n = hh.shape[0]
+    return hh + np.eye(n) * (1e-6 * np.trace(hh) / n + 1e-9)
+
+
+def least_squares_gain(hh: np.ndarray, gg: np.ndarray) -> float:
+    """The squared error that the unquantised least-squares filter of statistics hh, gg takes off."""
+    return float(np.sum(gg * np.linalg.solve(ridged(hh), gg)))
+
+
 def quantised_fit(hh: np.ndarray, gg: np.ndarray, step_log2: int) -> np.ndarray:
     """Integer coefficients (C, F) of the least-squares correction, rounded one at a time while the
     ones not yet rounded absorb the error in the metric H (optimal brain surgeon, as in GPTQ): plain
     rounding at a usable step loses most of the gain, because neighbouring pixels are so alike."""
     n = hh.shape[0]
-    ridge = hh + np.eye(n) * (1e-6 * np.trace(hh) / n + 1e-9)  # a flat picture leaves H singular
+    ridge = ridged(hh)
     step = np.full(n, 2.0**-step_log2)
     step[-1] = BIAS_STEP
     out = np.zeros((gg.shape[1], n), dtype=np.int64)
