@@ -320,6 +320,7 @@ def test_exact_gemm_equals_int64_products(weight_bits: int, low: int, high: int)
     assert np.array_equal(gemm(x, get_model()._matmul), expected)  # onnxruntime's MatMulInteger
     weight_parts = 1 if weight_bits <= 8 else 2 if weight_bits <= 15 else 3  # a signed top byte, 7-bit parts below
     assert gemm.products == ((high - min(low, 0)).bit_length() + 7) // 8 * weight_parts
+    assert gemm.parts_in_int32 == (weight_bits < 16)  # both ways of adding the partial products are tested
 
 
 def test_integer_prior_with_wide_weights_equals_the_reference(photo) -> None:

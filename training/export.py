@@ -26,6 +26,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "training"))
 sys.path.insert(0, str(ROOT))
+from lower_synthesis import lower_transposed_convolutions  # noqa: E402
 from model import SCALE_TABLE, DCVModel, anchor_mask  # noqa: E402
 
 # Weights carry a sign and WEIGHT_BITS magnitude bits: the runtime's exact integer GEMMs cut them into a
@@ -89,6 +90,14 @@ def export_onnx(module: nn.Module, inputs: tuple, names: list[str], outputs: lis
         opset_version=17,
         dynamo=False,
     )
+
+
+def lower_synthesis(path: Path) -> None:
+    """The 5x5 transposed convolutions as four phase convolutions each (lower_synthesis.py): ~12 % faster
+    synthesis; `check` below compares the result with PyTorch's transposed convolutions."""
+    import onnx
+
+    onnx.save(lower_transposed_convolutions(onnx.load(str(path)), kernels=(5,)), str(path))
 
 
 def store_weights_fp16(path: Path) -> None:
@@ -400,6 +409,7 @@ def main() -> None:
     export_onnx(
         Synthesis(model), (torch.rand(1, m, 8, 12), gain), ["y_hat", "inv_gain"], ["x_hat"], out / "synthesis.onnx"
     )
+    lower_synthesis(out / "synthesis.onnx")
     for name in ("analysis.onnx", "synthesis.onnx"):
         store_weights_fp16(out / name)
 

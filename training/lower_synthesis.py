@@ -1,0 +1,116 @@
+"""Rewrite a synthesis graph's stride-2 transposed convolutions as four phase convolutions.
+
+onnxruntime runs ConvTranspose as one GEMM into a (cout * k * k, H * W) column buffer and a col2im that
+scatters it into the output; for a 5x5 kernel that buffer is 25 values per input pixel and output
+channel, written and read once. Output pixel 2u + r of a stride-2 transposed convolution only reads the
+kernel taps of parity r, so each of the four output phases (ry, rx) is an ordinary convolution of the
+input with exactly its taps (3x3, 3x2, 2x3, 2x2 for k = 5): the same multiply-adds, no column buffer, and
+onnxruntime's direct convolution kernels. The phases are concatenated and interleaved by DepthToSpace.
+
+Per layer at Kodak size (2 threads, `training/LOG.md` session 25) this pays for k = 5 (13.6 -> 10.1 and
+24.6 -> 16.0 ms) but not for the k = 4 layers (25.5 -> 24.7, 7.5 -> 19.6 ms), so the export lowers the
+k = 5 layers only. Pure onnx + numpy: it rewrites a graph, the weights are the same numbers.
+
+    python training/lower_synthesis.py IN.onnx OUT.onnx [--kernels 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def phase_taps(k: int, pad: int, r: int) -> list[tuple[int, int]]:
+    """(input offset d, kernel tap t) pairs of output phase r, d ascending: output 2u + r of a stride-2
+    transposed convolution (padding `pad`) sums input u + d times tap t."""
+    return sorted(((r + pad - t) // 2, t) for t in range(k) if (r + pad - t) % 2 == 0)
+
+
+def phase_weights(w: np.ndarray, pad: int) -> list[tuple[np.ndarray, list[int]]]:
+    """ConvTranspose weights (Cin, Cout, k, k) -> for each phase (ry, rx) in DepthToSpace's DCR order,
+    the Conv weights (Cout, Cin, a, b) and the Conv pads [top, left, bottom, right] that keep H x W."""
+    k = w.shape[-1]
+    out = []
+    for ry in (0, 1):
+        for rx in (0, 1):
+            rows, cols = phase_taps(k, pad, ry), phase_taps(k, pad, rx)
+            taps = w[:, :, [t for _, t in rows]][:, :, :, [t for _, t in cols]]
+            pads = [-rows[0][0], -cols[0][0], rows[-1][0], cols[-1][0]]
+            if min(pads) < 0:
+                raise ValueError("a phase that does not read its own input pixel")
+            out.append((np.ascontiguousarray(taps.transpose(1, 0, 2, 3)), pads))
+    return out
+
+
+def lower_transposed_convolutions(model, kernels: tuple[int, ...] = (5,)):
+    """The onnx ModelProto with every stride-2 ConvTranspose of a kernel size in `kernels` replaced by
+    four Convs, a Concat and a DepthToSpace. Weights may be initializers or Casts of initializers (the
+    fp16-stored weights of `export.store_weights_fp16`); the phases' weights keep that form."""
+    from onnx import checker, helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    casts = {n.output[0]: n for n in graph.node if n.op_type == "Cast" and n.input[0] in inits}
+    nodes, dropped = [], set()
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        k = list(attrs.get("kernel_shape", [0]))
+        if node.op_type != "ConvTranspose" or k[0] not in kernels or k[0] != k[-1]:
+            nodes.append(node)
+            continue
+        if list(attrs.get("strides", [1])) != [2, 2] or attrs.get("group", 1) != 1 or "output_shape" in attrs:
+            raise ValueError(f"{node.name}: only stride-2, ungrouped, padded transposed convolutions")
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        if list(attrs.get("dilations", [1, 1])) != [1, 1] or auto_pad not in (b"NOTSET", "NOTSET"):
+            raise ValueError(f"{node.name}: dilated or auto-padded transposed convolution")
+        pads = list(attrs["pads"])
+        expected_padding = [pads[0] * 2 - k[0] + 2] * 2  # what makes the output exactly twice the input
+        if len(set(pads)) != 1 or list(attrs.get("output_padding", [0, 0])) != expected_padding:
+            raise ValueError(f"{node.name}: output not exactly twice the input")
+        source = node.input[1]
+        cast = casts.get(source)
+        stored = inits[cast.input[0] if cast is not None else source]
+        w = numpy_helper.to_array(stored)
+        dropped.update({stored.name, source})
+        outputs = []
+        for n, (weights, conv_pads) in enumerate(phase_weights(w, pads[0])):
+            name = f"{node.output[0]}_phase{n}"
+            graph.initializer.append(numpy_helper.from_array(weights, f"{name}_w_stored"))
+            if cast is not None:
+                nodes.append(helper.make_node("Cast", [f"{name}_w_stored"], [f"{name}_w"], to=cast.attribute[0].i))
+            else:
+                graph.initializer[-1].name = f"{name}_w"
+            inputs = [node.input[0], f"{name}_w"] + list(node.input[2:3])
+            nodes.append(helper.make_node("Conv", inputs, [name], kernel_shape=list(weights.shape[2:]), pads=conv_pads))
+            outputs.append(name)
+        phases = f"{node.output[0]}_phases"
+        nodes.append(helper.make_node("Concat", outputs, [phases], axis=1))
+        nodes.append(helper.make_node("DepthToSpace", [phases], list(node.output), blocksize=2, mode="DCR"))
+    read = {i for n in nodes for i in n.input}
+    nodes = [n for n in nodes if not (n.op_type == "Cast" and n.output[0] in dropped and n.output[0] not in read)]
+    read = {i for n in nodes for i in n.input}  # without the casts of the replaced weights
+    kept = [i for i in graph.initializer if i.name not in dropped or i.name in read]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    checker.check_model(model)
+    return model
+
+
+def main() -> None:
+    import onnx
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path)
+    parser.add_argument("target", type=Path)
+    parser.add_argument("--kernels", type=int, nargs="+", default=[5])
+    args = parser.parse_args()
+    model = lower_transposed_convolutions(onnx.load(str(args.source)), tuple(args.kernels))
+    onnx.save(model, str(args.target))
+
+
+if __name__ == "__main__":
+    main()
