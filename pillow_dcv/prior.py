@@ -59,8 +59,7 @@ class ExactGemm:
         self.parts_in_int32 = 255 * int(part_bound) < INT32_SUM_LIMIT
         self.offset_share = self.offset * w.sum(axis=1)
         self.row_l1 = np.abs(w).sum(axis=1)  # with the largest |input|, the bound on |accumulator|
-        # patch matrices in the narrowest type that holds an offset input; little-endian, since its
-        # bytes are read in that order
+        # patch matrices in the narrowest type that holds an offset input
         self.dtype = np.dtype("<i2" if int(high) + self.offset < 2**15 else "<i4")
 
     @property
@@ -75,20 +74,22 @@ class ExactGemm:
         n, k = x.shape
         if self.input_bytes == 1:
             planes = x.astype(np.uint8)
-        else:  # little-endian bytes of the non-negative inputs, one plane per byte
-            raw = np.ascontiguousarray(x, dtype=self.dtype).view(np.uint8).reshape(n, k, -1)
+        else:  # the bytes of the non-negative inputs, one plane per byte (a cast to uint8 keeps the low byte)
+            unsigned = np.asarray(x, dtype=self.dtype).view(self.dtype.str.replace("i", "u"))
             planes = np.empty((self.input_bytes, n, k), dtype=np.uint8)
-            for i in range(self.input_bytes):
-                planes[i] = raw[:, :, i]
+            np.copyto(planes[0], unsigned, casting="unsafe")
+            for i in range(1, self.input_bytes):
+                np.right_shift(unsigned, 8 * i, out=planes[i], casting="unsafe")
         r = matmul(planes.reshape(-1, k), self.matrix).reshape(self.input_bytes, n, self.weight_parts, -1)
-        if self.parts_in_int32:
-            for j in range(self.weight_parts - 1, 0, -1):  # in place: r[:, :, 0] becomes each plane's sum
-                r[:, :, j] <<= 7
-                r[:, :, j - 1] += r[:, :, j]
-            out = r[-1, :, 0].astype(np.int64)
+        if self.parts_in_int32:  # each plane's sum over the weight parts (Horner), then over the planes
+            plane_sums = r[:, :, -1]
+            for j in range(self.weight_parts - 2, -1, -1):
+                plane_sums = plane_sums << 7  # a contiguous copy: numpy is slow in place on strided parts
+                plane_sums += r[:, :, j]
+            out = plane_sums[-1].astype(np.int64)
             for i in range(self.input_bytes - 2, -1, -1):
                 out <<= 8
-                out += r[i, :, 0]
+                out += plane_sums[i]
         else:
             out = r[0, :, 0].astype(np.int64)
             for i in range(self.input_bytes):

@@ -302,7 +302,9 @@ def test_integer_prior_does_not_depend_on_summation_order(photo) -> None:
     assert np.array_equal(mu, mu_p) and np.array_equal(index, index_p)
 
 
-@pytest.mark.parametrize(("weight_bits", "low", "high"), [(8, 0, 255), (8, -1023, 1023), (13, 0, 1023), (16, -70, 300)])
+@pytest.mark.parametrize(
+    ("weight_bits", "low", "high"), [(8, 0, 255), (8, -1023, 1023), (13, 0, 1023), (16, -70, 300), (8, -(2**17), 2**17)]
+)
 def test_exact_gemm_equals_int64_products(weight_bits: int, low: int, high: int) -> None:
     """Operands cut into bytes, 8-bit GEMMs with 32-bit sums, recombined: the int64 product, with
     the extremes of both ranges included (the worst case of every partial sum)."""
