@@ -45,6 +45,7 @@ SEARCH_SIDE = 1024  # a larger picture is searched on its centre: the search cos
 # worker holds a synthesis window of ~350 MB, so more workers would take a 24 MP decode past 2 GB (on
 # 2 cores: 490 -> 340-390 ms/Mpx, peak 830 -> 1200 MB; training/LOG.md session 24).
 MAX_WORKERS = 2
+MIN_BAND = 4 * SYNTHESIS_MARGIN  # latent rows (_bands)
 SIGNATURE = container.SIGNATURE
 
 
@@ -524,9 +525,15 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
     tile_size = header["tile_size"]
     kernel = postfilter.chunk_kernel(info.index.container.post_filter, info.index.container.class_filter)
     tile_offsets = info.index.tile_offsets
-    with _workers(len(tile_offsets)) as pool:
+    one_tile = len(tile_offsets) == 1
+    # A single tile's entropy decoding stays in this thread (its onnxruntime GEMMs on all cores); the
+    # synthesis of its bands runs on workers all the same (_bands).
+    with _workers(len(tile_offsets)) as pool, _workers(MAX_WORKERS if one_tile else 1) as band_pool:
         rows = _decode_latent_rows(fp, model, tile_offsets, width, height, tile_size, info.quality, pool)
-        coded = synthesise(model, rows, info.mode, width, height, tile_size, info.quality, kernel, pool, **session_args)
+        coded = synthesise(
+            model, rows, info.mode, width, height, tile_size, info.quality, kernel, band_pool if one_tile else pool,
+            **session_args,
+        )
     out = np.ascontiguousarray(unorient(coded, orientation)) if orientation else coded
     if info.mode.endswith("A"):
         out[:, :, -1] = decode_alpha(info.index.container.alpha, info.height, info.width)
@@ -535,6 +542,8 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
 
 class _Inline(Executor):
     """Runs each task at once in the calling thread: the codec with one worker."""
+
+    workers = 1
 
     def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
         future: Future = Future()
@@ -551,6 +560,7 @@ class _Workers(ThreadPoolExecutor):
 
     def __init__(self, workers: int, threads_each: int) -> None:
         super().__init__(workers, "dcv-worker", initializer=use_threads_in_this_thread, initargs=(threads_each,))
+        self.workers = workers
 
     def __exit__(self, *exc) -> None:
         self.shutdown(wait=True, cancel_futures=True)
@@ -594,14 +604,31 @@ def synthesise(
         top = 0 if above is None else above.shape[1]
         rows = (y0, min(y0 + tile_size, height))
         cells = []
-        for x0 in range(0, wp, tile_size):  # every cell starts inside the image: wp - width < 64 <= tile_size
+        x_starts = range(0, wp, tile_size)  # every cell starts inside the image: wp - width < 64 <= tile_size
+        for x0 in x_starts:
             cols = (x0, min(x0 + tile_size, width))
-            args = (model, band, top, x0 // LATENT_STRIDE, rows, cols, inv_gain, kernel, session_args)
-            cells.append((cols, pool.submit(_synthesise_cell, *args)))
-        for cols, pixels in cells:
-            _store(out, pixels.result(), rows, cols, mode)
+            for part_rows, part_top in _bands(rows, top, -(-pool.workers // len(x_starts))):
+                args = (model, band, part_top, x0 // LATENT_STRIDE, part_rows, cols, inv_gain, kernel, session_args)
+                cells.append((part_rows, cols, pool.submit(_synthesise_cell, *args)))
+        for part_rows, cols, pixels in cells:
+            _store(out, pixels.result(), part_rows, cols, mode)
         above, current = current[:, -margin:], below
     return out
+
+
+def _bands(rows: tuple[int, int], top: int, count: int) -> list[tuple[tuple[int, int], int]]:
+    """A cell's pixel rows cut into up to `count` bands of whole latent rows, each with its first
+    latent row: (rows, top) pairs. onnxruntime's convolutions gain little from a second thread here
+    (1.1x), so a row of tiles with fewer cells than workers is synthesised in bands side by side, each
+    on one thread, the latent margins computed twice: a Kodak picture 472 -> 433 ms/Mpx (LOG session
+    25). A band is at least MIN_BAND latent rows, or the margins would cost more than they give."""
+    latent_rows = -(-(rows[1] - rows[0]) // LATENT_STRIDE)
+    count = max(1, min(count, latent_rows // MIN_BAND))
+    step = -(-latent_rows // count)
+    return [
+        ((rows[0] + r * LATENT_STRIDE, min(rows[1], rows[0] + (r + step) * LATENT_STRIDE)), top + r)
+        for r in range(0, latent_rows, step)
+    ]
 
 
 def _decode_latent_rows(

@@ -563,6 +563,31 @@ def test_worker_threads_decode_the_same_pixels(sample, monkeypatch, threads: int
     assert threading.active_count() == started
 
 
+def test_a_single_tile_is_synthesised_in_bands_on_workers(sample, monkeypatch) -> None:
+    """One tile, two threads: the synthesis runs in two bands of whole latent rows on worker threads
+    (each window with its latent margin), and the pixels are those of the one-thread decode, in place."""
+    pixels = np.asarray(sample)[:400, :300]  # 25 latent rows (28 padded): bands of 13 and 12
+    data, info = encode(pixels, 6, orientation=0)
+    assert len(info.index.tile_offsets) == 1
+    monkeypatch.setattr(codec, "thread_count", lambda: 1)
+    alone = codec.decode(io.BytesIO(data), info)
+    windows, model = [], get_model()
+    synthesis = model.synthesis
+
+    def recorded(y_hat, *args, **kwargs):
+        windows.append((y_hat.shape[2], threading.current_thread().name))
+        return synthesis(y_hat, *args, **kwargs)
+
+    monkeypatch.setattr(model, "synthesis", recorded)
+    monkeypatch.setattr(codec, "thread_count", lambda: 2)
+    banded = codec.decode(io.BytesIO(data), info)
+    assert sorted(rows for rows, _ in windows) == [13 + 3, 3 + 12 + 3]  # each band and its margins
+    assert all(name.startswith("dcv-worker") for _, name in windows)
+    diff = np.abs(banded.astype(int) - alone)
+    assert diff.max() <= 1 and diff.mean() < 1e-3  # onnxruntime on one thread each: float rounding only
+    assert psnr(banded, pixels) > 25
+
+
 def test_gray_is_stored_as_gray(photo) -> None:
     gray = np.asarray(photo.convert("L"))[:, :, None]
     data = codec.encode(gray, "L", 5)
