@@ -111,7 +111,7 @@ def machine() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--image", type=Path, default=KODAK)
-    ap.add_argument("--big-side", default="6000x4000", help="size of the large test image (WxH)")
+    ap.add_argument("--big-side", default="6000x4000", help="size of the large test image (WxH); none: skip it")
     ap.add_argument("--quality", type=float, default=4)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement (the median is printed)")
@@ -128,7 +128,7 @@ def main() -> None:
         f"pillow-dcv {pillow_dcv.__version__}, Pillow {PIL.__version__}, numpy {numpy.__version__}, "
         f"onnxruntime {onnxruntime.__version__}; threads {args.threads or os.cpu_count()}; quality {args.quality}"
     )
-    big = tuple(int(v) for v in args.big_side.split("x"))
+    big = None if args.big_side == "none" else tuple(int(v) for v in args.big_side.split("x"))
     # encode at effort 1 (no orientation search) and at the default; decode the default's file
     default = pillow_dcv.codec.DEFAULT_EFFORT
     runs = (("encode", 1), ("encode", default), ("decode", default))
@@ -137,7 +137,8 @@ def main() -> None:
         f"{'bpp':>6} {'set-up s':>9}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for label, size in ((args.image.name, (0, 0)), (f"{args.image.name} upscaled {args.big_side}", big)):
+        sizes = [(args.image.name, (0, 0))] + ([(f"{args.image.name} upscaled {args.big_side}", big)] if big else [])
+        for label, size in sizes:
             coded = Path(tmp) / "image.dcv"
             for what, effort in runs:
                 # the encodes write the same file: the decode reads the last
@@ -162,7 +163,7 @@ def main() -> None:
                     print(f"{'':28} {'':9} ms/Mpx by stage: {parts}, other {rest:.0f}")
     print("ms/Mpx: the median run (range: all runs); again: later decodes in the same process; peak: the largest")
     print("set-up: loading the model and creating the onnxruntime sessions, once per process (not in ms/Mpx)")
-    print("by stage: wall time in each, summed over the decoder's worker threads where a picture has several tiles")
+    print("by stage: wall time in each, summed over the decoder's worker threads (several tiles, or a tile's bands)")
 
 
 if __name__ == "__main__":
