@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
+import numpy as np
 from PIL import Image, ImageFile
 
 from . import codec
@@ -74,7 +75,7 @@ class DcvDecoder(ImageFile.PyDecoder):
         assert self.fd is not None
         (info,) = self.args
         pixels = codec.decode(self.fd, info)
-        self.set_as_raw(pixels.tobytes(), self.mode)
+        self.set_as_raw(memoryview(np.ascontiguousarray(pixels)).cast("B"), self.mode)  # not copied to bytes
         return -1, 0
 
 
