@@ -358,7 +358,7 @@ def encode(
     if orientation is None:
         orientation, tiles, trial = best_orientation(model, colour, q, ORIENTATIONS[:effort], tile_size)
         if trial is not None:  # effort >= 2: the search decoded the picture's centre, so fit a filter to it
-            class_filter = fit_post_filter(*trial, model.rd_lambda(q), width * height)
+            class_filter = fit_post_filter(*trial, model.rd_lambda(q), width * height, model)
     if tiles is None:
         tiles = encode_tiles(model, orient(colour, orientation), q, tile_size)
     header = {
@@ -449,7 +449,9 @@ CLASS_SPLITS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 CLASS_SPLITS_FITTED: int | None = 2
 
 
-def fit_post_filter(original: np.ndarray, decoded: np.ndarray, rd_lambda: float, pixels: int) -> dict | None:
+def fit_post_filter(
+    original: np.ndarray, decoded: np.ndarray, rd_lambda: float, pixels: int, model: Model | None = None
+) -> dict | None:
     """The `fILC` payload (spec 4.6) that lowers bits per pixel + lambda * MSE the most, fitted to a
     decoded picture (or its centre) and weighed for a picture of `pixels` pixels; None if none pays.
 
@@ -465,7 +467,8 @@ def fit_post_filter(original: np.ndarray, decoded: np.ndarray, rd_lambda: float,
     bins = np.searchsorted(thresholds, act, side="left")  # how many thresholds lie below each pixel's activity
     with _workers(len(decoded) // 64) as pool:
         hh, gg, rr = postfilter.normal_equations(
-            decoded, original, widest, bins.astype(np.int8), count=len(thresholds) + 1, pool=pool
+            decoded, original, widest, bins.astype(np.int8), count=len(thresholds) + 1, pool=pool,
+            gram=model.gram if model is not None else postfilter.einsum_gram,
         )
     sizes = np.bincount(bins.ravel(), minlength=len(thresholds) + 1)
     options = [(None, [_best_class_fit(hh.sum(0), gg.sum(0), rr.sum(0), widest, rd_lambda, n, pixels)])]

@@ -25,7 +25,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 GEMM_DIR = Path(__file__).resolve().parent / "gemm"
 DEFAULT_MODEL = "dcv-ms2-s25"
 MODEL_FILES = ("analysis.onnx", "synthesis.onnx", "prior.npz")
-SHARED_GRAPHS = ("matmul_integer", "post_filter")  # in GEMM_DIR: the same for every model
+SHARED_GRAPHS = ("matmul_integer", "post_filter", "gram")  # in GEMM_DIR: the same for every model
 
 _lock = threading.Lock()
 _models: dict[str, Model] = {}
@@ -149,6 +149,11 @@ class Model:
 
     def _matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         (c,) = self.session("matmul_integer").run(None, {"a": a, "b": b})
+        return c
+
+    def gram(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """a^T b in float64 on onnxruntime's threads (the encoder's post-filter statistics)."""
+        (c,) = self.session("gram").run(None, {"a": np.ascontiguousarray(a), "b": np.ascontiguousarray(b)})
         return c
 
     def analysis(self, x: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

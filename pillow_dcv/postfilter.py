@@ -15,6 +15,7 @@ with x the synthesis output in levels (0..255), replicated beyond the padded pic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import NamedTuple
 
@@ -122,6 +123,12 @@ def pick_classes(x_hat: np.ndarray, filtered: np.ndarray, threshold: int) -> np.
     return np.where(activity(lum) > threshold, filtered[:, 3:], filtered[:, :3])
 
 
+def einsum_gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a^T b (float64) in einsum's own loops, not BLAS: a threaded BLAS GEMM on these thin matrices spins
+    for seconds when the cores are busy with other work (0.3 s -> 8 s for a Kodak picture)."""
+    return np.einsum("pi,pj->ij", a, b, optimize=False)
+
+
 def normal_equations(
     decoded: np.ndarray,
     original: np.ndarray,
@@ -129,12 +136,14 @@ def normal_equations(
     classes: np.ndarray | None = None,
     count: int = 1,
     pool: Executor | None = None,
+    gram: Callable[[np.ndarray, np.ndarray], np.ndarray] = einsum_gram,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares statistics of the filter's correction on a picture, per class of pixels (`classes`,
     (H, W) of 0..count-1; None: one class): H = A^T A (count, F, F), G = A^T R (count, F, 3) and the
     sums of R^2 (count, 3), with A the features (the offset pairs of every channel, then 1) and R the
     residual original - decoded, all in levels. Computed in strips of 64 rows, so memory stays small;
-    with a `pool`, strips are its tasks (the sums are still added in strip order: the same numbers)."""
+    with a `pool`, strips are its tasks (the sums are still added in strip order: the same numbers).
+    `gram(a, b)` computes a^T b in float64 (the codec's is onnxruntime's, ~6x einsum's loops)."""
     offsets = half_window(radius)
     h, w, _ = decoded.shape
     x = np.pad(decoded.astype(np.float32), ((radius, radius), (radius, radius), (0, 0)), mode="edge")
@@ -152,15 +161,19 @@ def normal_equations(
         cols.append(np.ones((y1 - y0) * w, dtype=np.float32))
         a = np.stack(cols, axis=1).astype(np.float64)
         r = (original[y0:y1].astype(np.float64) - decoded[y0:y1]).reshape(-1, 3)
-        labels = None if classes is None else classes[y0:y1].ravel()
+        bounds = [0, len(a)]
+        if classes is not None:  # the pixels of each class together, in one copy
+            labels = classes[y0:y1].ravel()
+            order = np.argsort(labels, kind="stable")
+            a, r = a[order], r[order]
+            bounds = np.concatenate(([0], np.cumsum(np.bincount(labels, minlength=count)))).tolist()
         hh, gg, rr = np.zeros((count, n_feat, n_feat)), np.zeros((count, n_feat, 3)), np.zeros((count, 3))
         for k in range(count):
-            ak, rk = (a, r) if labels is None else (a[labels == k], r[labels == k])
-            # einsum's own loops, not BLAS: a threaded BLAS GEMM on these thin matrices spins for seconds when the
-            # cores are busy with other work (0.3 s -> 8 s for a Kodak picture); idle, einsum costs ~0.3 s more
-            hh[k] = np.einsum("pi,pj->ij", ak, ak, optimize=False)
-            gg[k] = np.einsum("pi,pc->ic", ak, rk, optimize=False)
-            rr[k] = np.sum(rk * rk, axis=0)
+            ak, rk = a[bounds[k] : bounds[k + 1]], r[bounds[k] : bounds[k + 1]]
+            if len(ak):
+                hh[k] = gram(ak, ak)
+                gg[k] = gram(ak, rk)
+                rr[k] = np.sum(rk * rk, axis=0)
         return hh, gg, rr
 
     hh, gg, rr = np.zeros((count, n_feat, n_feat)), np.zeros((count, n_feat, 3)), np.zeros((count, 3))

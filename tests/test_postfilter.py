@@ -176,6 +176,14 @@ def test_smaller_window_statistics_come_from_the_wider_ones(photo) -> None:
     with ThreadPoolExecutor(2) as pool:
         hp, gp, rp = postfilter.normal_equations(decoded, original, 2, classes.astype(np.int8), count=2, pool=pool)
     assert np.array_equal(hp, hc) and np.array_equal(gp, gc) and np.array_equal(rp, rc)
+    # the codec's a^T b runs on onnxruntime (float64 GEMM): the same statistics up to summation order
+    from pillow_dcv.models import get_model
+
+    labels = classes.astype(np.int8)
+    ho, go, ro = postfilter.normal_equations(decoded, original, 2, labels, count=2, gram=get_model().gram)
+    np.testing.assert_allclose(ho, hc, rtol=1e-12)
+    np.testing.assert_allclose(go, gc, rtol=1e-10, atol=1e-6)
+    assert np.array_equal(ro, rc)
 
 
 def test_encoder_adds_a_filter_that_pays(sample) -> None:

@@ -127,9 +127,10 @@ def store_weights_fp16(path: Path) -> None:
 
 def write_runtime_graphs(folder: Path = ROOT / "pillow_dcv" / "gemm") -> None:
     """The runtime's model-independent graphs: a one-node MatMulInteger (uint8 x int8 -> int32) for the
-    integer prior, and the post-filter (spec 4.5, 4.6): edge padding by 2, then a 5x5 convolution whose
-    weights and bias are inputs (the file's fILT or fILC chunk; two fILC filters are one convolution with
-    six outputs, and the codec picks each pixel's three)."""
+    integer prior, a float64 a^T b for the encoder's post-filter statistics, and the post-filter (spec
+    4.5, 4.6): edge padding by 2, then a 5x5 convolution whose weights and bias are inputs (the file's
+    fILT or fILC chunk; two fILC filters are one convolution with six outputs, and the codec picks each
+    pixel's three)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -152,6 +153,12 @@ def write_runtime_graphs(folder: Path = ROOT / "pillow_dcv" / "gemm") -> None:
     nodes = [helper.make_node("Pad", ["x", "pads"], ["padded"], mode="edge"),
              helper.make_node("Conv", ["padded", "w", "b"], ["y"])]
     save(nodes, "post_filter", [x, w, bias], [y], [pads])
+    # the encoder's post-filter statistics: a^T b in float64 (features of a strip of pixels)
+    a = helper.make_tensor_value_info("a", TensorProto.DOUBLE, ["n", "i"])
+    b = helper.make_tensor_value_info("b", TensorProto.DOUBLE, ["n", "j"])
+    c = helper.make_tensor_value_info("c", TensorProto.DOUBLE, ["i", "j"])
+    nodes = [helper.make_node("Transpose", ["a"], ["at"]), helper.make_node("MatMul", ["at", "b"], ["c"])]
+    save(nodes, "gram", [a, b], [c])
 
 
 def fixed_point(x: np.ndarray, frac: int) -> np.ndarray:
