@@ -584,7 +584,8 @@ def synthesise(
     """Pixels (height, width, len(mode)) uint8 of a picture from its latents, given one row of tiles
     at a time (M, rows/16, padded width/16), top to bottom (an alpha channel is left unset), through
     the file's post-filter if it has one (`postfilter.chunk_kernel`). The cells of a row are
-    synthesised as tasks of `pool` (default: one after the other).
+    synthesised as tasks of `pool` (default: one after the other), in bands of latent rows when the
+    row has fewer cells than the pool has workers (`_bands`).
 
     The pixels are the synthesis of the whole latent mosaic. It is computed one tile at a time
     on the tile's latents plus SYNTHESIS_MARGIN cells of its neighbours', which is exact because
