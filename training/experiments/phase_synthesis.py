@@ -22,11 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def phase_taps(k: int, p: int, r: int) -> list[tuple[int, int]]:
-    """(input offset o, kernel tap t) for output phase r: output 2u + r reads input u + o through t."""
-    return sorted((-(t - r - p) // 2, t) for t in range(k) if (t - r - p) % 2 == 0)
+from lower_synthesis import phase_taps  # noqa: E402  (the export's rewrite: the same phases)
 
 
 class PhaseDeconv(nn.Module):
