@@ -13,6 +13,7 @@ from .codec import CorruptFileError, decode, encode, read_info
 from .models import available_models, set_threads
 
 __version__ = "0.1.0"
+IMAGEIO_PLUGIN = "pillow_dcv"  # the name imageio knows our plugin by
 __all__ = ["CorruptFileError", "available_models", "decode", "encode", "read_info", "register", "set_threads"]
 
 
@@ -24,18 +25,22 @@ def register(*, threads: int | None = None) -> None:
 
 
 def _register_imageio() -> None:
-    """imageio picks plugins by extension: teach it that .dcv is read and written by Pillow."""
+    """imageio picks plugins by extension: teach it that .dcv is read and written by our plugin, a
+    Pillow plugin that writes a file only once the encoded bytes are complete (imageio_plugin)."""
     if importlib.util.find_spec("imageio") is None:
         return
     import imageio.config as config
 
+    config.known_plugins.setdefault(
+        IMAGEIO_PLUGIN,
+        config.PluginConfig(name=IMAGEIO_PLUGIN, class_name="DcvPlugin", module_name="pillow_dcv.imageio_plugin"),
+    )
     if any(ext.extension == ".dcv" for ext in config.extension_list):
         return
     ext = config.FileExtension(
-        extension=".dcv", priority=["pillow"], name="DCV", description="DCV learned image codec"
+        extension=".dcv", priority=[IMAGEIO_PLUGIN, "pillow"], name="DCV", description="DCV learned image codec"
     )
     config.extension_list.append(ext)
     config.known_extensions.setdefault(".dcv", []).append(ext)
-
 
 register()

@@ -236,6 +236,27 @@ def test_imageio_v3_and_v2(photo: Image.Image, tmp_path: Path) -> None:
     assert iio.immeta(target)["quality"] == 6.0
 
 
+def test_imageio_failed_write_leaves_files_alone(tmp_path: Path) -> None:
+    """imageio's own Pillow plugin opens the file before Pillow's save rejects an option; ours writes
+    only complete bytes: no empty file appears, and an existing file keeps its contents."""
+    import imageio.v2 as iio2
+    import imageio.v3 as iio
+
+    from pillow_dcv.imageio_plugin import DcvPlugin
+
+    a = np.zeros((16, 16, 3), dtype=np.uint8)
+    assert isinstance(iio.imopen(tmp_path / "new.dcv", "w"), DcvPlugin)
+    for write, options in ((iio.imwrite, {"quality": 99}), (iio2.imwrite, {"effort": 0})):
+        with pytest.raises(ValueError):
+            write(tmp_path / "new.dcv", a, **options)
+        assert not (tmp_path / "new.dcv").exists()
+    existing = tmp_path / "existing.dcv"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(ValueError, match="single image"):
+        iio.imwrite(existing, np.zeros((2, 16, 16, 3), dtype=np.uint8))
+    assert existing.read_bytes() == b"keep me"
+
+
 def test_register_is_idempotent() -> None:
     import imageio.config as config
 
