@@ -53,7 +53,8 @@ def test_phase_convolutions_equal_the_transposed_convolution(k: int, pad: int, o
     b = rng.normal(size=5).astype(np.float32)
     x = rng.normal(size=(1, 6, 7, 9)).astype(np.float32)
     reference = transposed_convolution_graph(w, b, pad, output_padding, fp16)
-    lowered = lower_transposed_convolutions(transposed_convolution_graph(w, b, pad, output_padding, fp16), (k,))
+    graph = transposed_convolution_graph(w, b, pad, output_padding, fp16)
+    lowered = lower_transposed_convolutions(graph, (k,), min_outputs=5)
     assert [n.op_type for n in lowered.graph.node if n.op_type != "Cast"] == ["Conv"] * 4 + ["Concat", "DepthToSpace"]
     expected, got = run(reference, x), run(lowered, x)
     assert got.shape == expected.shape == (1, 5, 14, 18)
@@ -65,8 +66,16 @@ def test_phase_convolutions_equal_the_transposed_convolution(k: int, pad: int, o
 
 def test_other_kernel_sizes_are_left_as_they_are() -> None:
     w, b = np.ones((2, 3, 4, 4), np.float32), np.zeros(3, np.float32)
-    model = lower_transposed_convolutions(transposed_convolution_graph(w, b, 1, 0, fp16=False), (5,))
+    model = lower_transposed_convolutions(transposed_convolution_graph(w, b, 1, 0, fp16=False), (5,), min_outputs=1)
     assert [n.op_type for n in model.graph.node] == ["ConvTranspose"]
+
+
+def test_layers_with_few_output_channels_are_left_as_they_are() -> None:
+    """The synthesis' last layer (3 output channels) stays a ConvTranspose; 16 channels are lowered."""
+    for outputs, lowered in ((3, False), (15, False), (16, True)):
+        w, b = np.ones((2, outputs, 4, 4), np.float32), np.zeros(outputs, np.float32)
+        model = lower_transposed_convolutions(transposed_convolution_graph(w, b, 1, 0, fp16=True))
+        assert ("ConvTranspose" not in [n.op_type for n in model.graph.node]) == lowered
 
 
 def test_a_transposed_convolution_of_another_output_size_is_refused() -> None:

@@ -8,10 +8,13 @@ input with exactly its taps (3x3, 3x2, 2x3, 2x2 for k = 5): the same multiply-ad
 onnxruntime's direct convolution kernels. The phases are concatenated and interleaved by DepthToSpace.
 
 Per layer at Kodak size (2 threads, `training/LOG.md` session 25) this pays for k = 5 (13.6 -> 10.1 and
-24.6 -> 16.0 ms) but not for the k = 4 layers (25.5 -> 24.7, 7.5 -> 19.6 ms), so the export lowers the
-k = 5 layers only. Pure onnx + numpy: it rewrites a graph, the weights are the same numbers.
+24.6 -> 16.0 ms). The 64 -> 32 4x4 layer runs as fast either way, but without its column buffer (30 MB
+for half a Kodak picture) a process's first decode faults ~11k fewer pages in (session 26). The last
+layer, 32 -> 3, is 2.6x slower as phases: with a few output channels onnxruntime's blocked (NCHWc)
+convolution kernels idle, so layers with fewer than `min_outputs` output channels are kept.
+Pure onnx + numpy: it rewrites a graph, the weights are the same numbers.
 
-    python training/lower_synthesis.py IN.onnx OUT.onnx [--kernels 5]
+    python training/lower_synthesis.py IN.onnx OUT.onnx [--kernels 4 5] [--min-outputs 16]
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ def phase_weights(w: np.ndarray, pad: int) -> list[tuple[np.ndarray, list[int]]]
     return out
 
 
-def lower_transposed_convolutions(model, kernels: tuple[int, ...] = (5,)):
-    """The onnx ModelProto with every stride-2 ConvTranspose of a kernel size in `kernels` replaced by
-    four Convs, a Concat and a DepthToSpace. Weights may be initializers or Casts of initializers (the
-    fp16-stored weights of `export.store_weights_fp16`); the phases' weights keep that form."""
+def lower_transposed_convolutions(model, kernels: tuple[int, ...] = (4, 5), min_outputs: int = 16):
+    """The onnx ModelProto with every stride-2 ConvTranspose of a kernel size in `kernels` and with at
+    least `min_outputs` output channels replaced by four Convs, a Concat and a DepthToSpace. Weights may
+    be initializers or Casts of initializers (the fp16-stored weights of `export.store_weights_fp16`);
+    the phases' weights keep that form."""
     from onnx import checker, helper, numpy_helper
 
     graph = model.graph
@@ -73,6 +77,9 @@ def lower_transposed_convolutions(model, kernels: tuple[int, ...] = (5,)):
         cast = casts.get(source)
         stored = inits[cast.input[0] if cast is not None else source]
         w = numpy_helper.to_array(stored)
+        if w.shape[1] < min_outputs:
+            nodes.append(node)
+            continue
         dropped.update({stored.name, source})
         outputs = []
         for n, (weights, conv_pads) in enumerate(phase_weights(w, pads[0])):
@@ -106,9 +113,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
-    parser.add_argument("--kernels", type=int, nargs="+", default=[5])
+    parser.add_argument("--kernels", type=int, nargs="+", default=[4, 5])
+    parser.add_argument("--min-outputs", type=int, default=16)
     args = parser.parse_args()
-    model = lower_transposed_convolutions(onnx.load(str(args.source)), tuple(args.kernels))
+    model = lower_transposed_convolutions(onnx.load(str(args.source)), tuple(args.kernels), args.min_outputs)
     onnx.save(model, str(args.target))
 
 
