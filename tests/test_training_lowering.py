@@ -84,10 +84,11 @@ def test_a_transposed_convolution_of_another_output_size_is_refused() -> None:
         lower_transposed_convolutions(transposed_convolution_graph(w, b, 2, 0, fp16=False), (5,))
 
 
-def test_the_shipped_synthesis_has_no_5x5_transposed_convolution() -> None:
-    """The bundled model was exported through the rewrite (training/export.py)."""
+def test_the_shipped_synthesis_keeps_only_its_last_transposed_convolution() -> None:
+    """The bundled model was exported through the rewrite (training/export.py): every stride-2 layer
+    but the last (3 outputs) runs as phase convolutions."""
     from pillow_dcv.models import get_model
 
     graph = onnx.load(str(get_model().folder / "synthesis.onnx")).graph
-    kernels = [helper.get_attribute_value(a) for n in graph.node if n.op_type == "ConvTranspose" for a in n.attribute]
-    assert [5, 5] not in kernels
+    assert [n.output[0] for n in graph.node if n.op_type == "ConvTranspose"] == ["x_hat"]
+    assert sum(n.op_type == "DepthToSpace" for n in graph.node) == 3

@@ -8,7 +8,7 @@ channel, uint8 activations per tensor, calibrated on real latents of training ph
 GDNs stay float. Measured: PSNR of the float and the int8 graphs on the held-out photos (the same
 rounded latents) and the synthesis time at Kodak size.
 
-    python training/experiments/int8_synthesis.py training/weights/dcv-ms2-s25.pt
+    python training/experiments/int8_synthesis.py training/weights/dcv-ms2-s26.pt
 """
 
 from __future__ import annotations
