@@ -13,7 +13,7 @@ from .codec import CorruptFileError, decode, encode, read_info
 from .models import available_models, set_threads
 
 __version__ = "0.1.0"
-IMAGEIO_PLUGIN = "pillow_dcv"  # the name imageio knows our plugin by
+_IMAGEIO_PLUGIN = "pillow_dcv"  # the name imageio knows our plugin by
 __all__ = ["CorruptFileError", "available_models", "decode", "encode", "read_info", "register", "set_threads"]
 
 
@@ -32,15 +32,16 @@ def _register_imageio() -> None:
     import imageio.config as config
 
     config.known_plugins.setdefault(
-        IMAGEIO_PLUGIN,
-        config.PluginConfig(name=IMAGEIO_PLUGIN, class_name="DcvPlugin", module_name="pillow_dcv.imageio_plugin"),
+        _IMAGEIO_PLUGIN,
+        config.PluginConfig(name=_IMAGEIO_PLUGIN, class_name="DcvPlugin", module_name="pillow_dcv.imageio_plugin"),
     )
     if any(ext.extension == ".dcv" for ext in config.extension_list):
         return
     ext = config.FileExtension(
-        extension=".dcv", priority=[IMAGEIO_PLUGIN, "pillow"], name="DCV", description="DCV learned image codec"
+        extension=".dcv", priority=[_IMAGEIO_PLUGIN, "pillow"], name="DCV", description="DCV learned image codec"
     )
     config.extension_list.append(ext)
     config.known_extensions.setdefault(".dcv", []).append(ext)
+
 
 register()
