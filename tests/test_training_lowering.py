@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from lower_synthesis import lower_transposed_convolutions  # noqa: E402
+from lower_synthesis import interleave, lower_transposed_convolutions  # noqa: E402
 
 
 def transposed_convolution_graph(w: np.ndarray, b: np.ndarray, pad: int, output_padding: int, fp16: bool):
@@ -55,13 +55,40 @@ def test_phase_convolutions_equal_the_transposed_convolution(k: int, pad: int, o
     reference = transposed_convolution_graph(w, b, pad, output_padding, fp16)
     graph = transposed_convolution_graph(w, b, pad, output_padding, fp16)
     lowered = lower_transposed_convolutions(graph, (k,), min_outputs=5)
-    assert [n.op_type for n in lowered.graph.node if n.op_type != "Cast"] == ["Conv"] * 4 + ["Concat", "DepthToSpace"]
+    ops = [n.op_type for n in lowered.graph.node]
+    assert ops.count("Conv") == 4 and "ConvTranspose" not in ops and "DepthToSpace" not in ops
     expected, got = run(reference, x), run(lowered, x)
     assert got.shape == expected.shape == (1, 5, 14, 18)
     np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max())
     # the replaced weights are gone: the file keeps one copy of them
     stored = {f"y_phase{n}_w" + ("_stored" if fp16 else "") for n in range(4)}
-    assert {i.name for i in lowered.graph.initializer} == stored | {"b"}
+    weights = {i.name for i in lowered.graph.initializer if i.data_type != TensorProto.INT64}  # not the shapes
+    assert weights == stored | {"b"}
+
+
+@pytest.mark.parametrize(("height", "width"), [(7, 9), (1, 1), (4, 6)])
+def test_the_interleave_is_depth_to_space(height: int, width: int) -> None:
+    """The phases' interleave gives DepthToSpace's values to the bit, in its (ry, rx) order."""
+    channels = 5
+    phases = [f"p{n}" for n in range(4)]
+    inputs = [helper.make_tensor_value_info(p, TensorProto.FLOAT, [1, channels, None, None]) for p in phases]
+    output = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, None, None])]
+    nodes, shapes = interleave(phases, "y", channels)
+    ours = helper.make_graph(nodes, "interleave", inputs, output, shapes)
+    reference = helper.make_graph(
+        [helper.make_node("Concat", phases, ["stacked"], axis=1),
+         helper.make_node("DepthToSpace", ["stacked"], ["y"], blocksize=2, mode="DCR")],
+        "depth_to_space", inputs, output,
+    )
+    rng = np.random.default_rng(height)
+    feed = {p: rng.normal(size=(1, channels, height, width)).astype(np.float32) for p in phases}
+    got, expected = (
+        ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+                             providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        for g in (ours, reference)
+    )
+    assert got.shape == (1, channels, 2 * height, 2 * width)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_other_kernel_sizes_are_left_as_they_are() -> None:
@@ -91,4 +118,4 @@ def test_the_shipped_synthesis_keeps_only_its_last_transposed_convolution() -> N
 
     graph = onnx.load(str(get_model().folder / "synthesis.onnx")).graph
     assert [n.output[0] for n in graph.node if n.op_type == "ConvTranspose"] == ["x_hat"]
-    assert sum(n.op_type == "DepthToSpace" for n in graph.node) == 3
+    assert sum(n.op_type == "Conv" and n.output[0].endswith(("_phase0", "_phase3")) for n in graph.node) == 6

@@ -5,13 +5,16 @@ scatters it into the output; for a 5x5 kernel that buffer is 25 values per input
 channel, written and read once. Output pixel 2u + r of a stride-2 transposed convolution only reads the
 kernel taps of parity r, so each of the four output phases (ry, rx) is an ordinary convolution of the
 input with exactly its taps (3x3, 3x2, 2x3, 2x2 for k = 5): the same multiply-adds, no column buffer, and
-onnxruntime's direct convolution kernels. The phases are concatenated and interleaved by DepthToSpace.
+onnxruntime's direct convolution kernels. The phases are then interleaved into the output (`interleave`).
 
 Per layer at Kodak size (2 threads, `training/LOG.md` session 25) this pays for k = 5 (13.6 -> 10.1 and
 24.6 -> 16.0 ms). The 64 -> 32 4x4 layer runs as fast either way, but without its column buffer (30 MB
 for half a Kodak picture) a process's first decode faults ~11k fewer pages in (session 26). The last
 layer, 32 -> 3, is 2.6x slower as phases: with a few output channels onnxruntime's blocked (NCHWc)
 convolution kernels idle, so layers with fewer than `min_outputs` output channels are kept.
+The interleave is not onnxruntime's DepthToSpace, a generic 6-D transpose whose innermost axis (2)
+moves ~1 GB/s here (~15 % of the synthesis), but rows of whole phases stacked by a Concat and one
+transpose of (2, W) pairs: the same values, ~10 % less synthesis time (training/LOG.md session 27).
 Pure onnx + numpy: it rewrites a graph, the weights are the same numbers.
 
     python training/lower_synthesis.py IN.onnx OUT.onnx [--kernels 4 5] [--min-outputs 16]
@@ -47,9 +50,37 @@ def phase_weights(w: np.ndarray, pad: int) -> list[tuple[np.ndarray, list[int]]]
     return out
 
 
+def interleave(phases: list[str], output: str, channels: int) -> tuple[list, list]:
+    """Nodes and int64 initializers that interleave the four phases (1, C, H, W) of a stride-2 layer, in
+    DepthToSpace's DCR order (ry, rx), into `output` (1, C, 2H, 2W): what Concat + DepthToSpace compute.
+
+    Each phase is viewed as C * H rows of W, and the Concat stacks the four phases' rows side by side,
+    (1, C * H, 4, W), i.e. (c, y, ry, rx, x): whole rows move, which onnxruntime does at memory speed.
+    Only the last step moves single values: the transpose of each (rx, x) pair of rows to (x, rx)."""
+    from onnx import helper, numpy_helper
+
+    def constant(name: str, values: list[int]):
+        return numpy_helper.from_array(np.array(values, dtype=np.int64), f"{output}_{name}")
+
+    shapes = [constant("as_rows", [1, -1, 1, 0]), constant("as_pairs", [1, -1, 2, 0]),
+              constant("two", [2, 2]), constant("batch_channels", [1, channels])]
+    rows = [f"{p}_rows" for p in phases]
+    nodes = [helper.make_node("Reshape", [p, shapes[0].name], [r]) for p, r in zip(phases, rows)]
+    nodes += [
+        helper.make_node("Concat", rows, [f"{output}_stacked"], axis=2),  # (1, C * H, 4, W)
+        helper.make_node("Reshape", [f"{output}_stacked", shapes[1].name], [f"{output}_pairs"]),  # (1, 2CH, 2, W)
+        helper.make_node("Transpose", [f"{output}_pairs"], [f"{output}_interleaved"], perm=[0, 1, 3, 2]),
+        helper.make_node("Shape", [phases[0]], [f"{output}_phase_size"], start=2, end=4),
+        helper.make_node("Mul", [f"{output}_phase_size", shapes[2].name], [f"{output}_size"]),
+        helper.make_node("Concat", [shapes[3].name, f"{output}_size"], [f"{output}_shape"], axis=0),
+        helper.make_node("Reshape", [f"{output}_interleaved", f"{output}_shape"], [output]),
+    ]
+    return nodes, shapes
+
+
 def lower_transposed_convolutions(model, kernels: tuple[int, ...] = (4, 5), min_outputs: int = 16):
     """The onnx ModelProto with every stride-2 ConvTranspose of a kernel size in `kernels` and with at
-    least `min_outputs` output channels replaced by four Convs, a Concat and a DepthToSpace. Weights may
+    least `min_outputs` output channels replaced by four Convs and their interleave. Weights may
     be initializers or Casts of initializers (the fp16-stored weights of `export.store_weights_fp16`);
     the phases' weights keep that form."""
     from onnx import checker, helper, numpy_helper
@@ -92,9 +123,9 @@ def lower_transposed_convolutions(model, kernels: tuple[int, ...] = (4, 5), min_
             inputs = [node.input[0], f"{name}_w"] + list(node.input[2:3])
             nodes.append(helper.make_node("Conv", inputs, [name], kernel_shape=list(weights.shape[2:]), pads=conv_pads))
             outputs.append(name)
-        phases = f"{node.output[0]}_phases"
-        nodes.append(helper.make_node("Concat", outputs, [phases], axis=1))
-        nodes.append(helper.make_node("DepthToSpace", [phases], list(node.output), blocksize=2, mode="DCR"))
+        interleave_nodes, shapes = interleave(outputs, node.output[0], w.shape[1])
+        nodes.extend(interleave_nodes)
+        graph.initializer.extend(shapes)
     read = {i for n in nodes for i in n.input}
     nodes = [n for n in nodes if not (n.op_type == "Cast" and n.output[0] in dropped and n.output[0] not in read)]
     read = {i for n in nodes for i in n.input}  # without the casts of the replaced weights
