@@ -612,10 +612,11 @@ def synthesise(
         for x0 in x_starts:
             cols = (x0, min(x0 + tile_size, width))
             for part_rows, part_top in _bands(rows, top, -(-pool.workers // len(x_starts))):
-                args = (model, band, part_top, x0 // LATENT_STRIDE, part_rows, cols, inv_gain, kernel, session_args)
-                cells.append((part_rows, cols, pool.submit(_synthesise_cell, *args)))
-        for part_rows, cols, pixels in cells:
-            _store(out, pixels.result(), part_rows, cols, mode)
+                args = (model, band, part_top, x0 // LATENT_STRIDE, part_rows, cols, inv_gain, kernel, out, mode,
+                        session_args)
+                cells.append(pool.submit(_synthesise_cell, *args))
+        for cell in cells:
+            cell.result()
         above, current = current[:, -margin:], below
     return out
 
@@ -667,10 +668,11 @@ def _decode_latent_rows(
         yield np.concatenate(latents, axis=2) if len(latents) > 1 else latents[0]
 
 
-def _synthesise_cell(model, band, top, lx0, rows, cols, inv_gain, kernel, session_args) -> np.ndarray:
-    """Pixels rows x cols of one tile cell from a latent band whose row `top` is the cell's first.
-    The post-filter runs on the whole window: its edge is the padded picture's where the window has no
-    margin, and elsewhere the margin is wider than the filter's reach plus the synthesis'."""
+def _synthesise_cell(model, band, top, lx0, rows, cols, inv_gain, kernel, out, mode, session_args) -> None:
+    """Pixels rows x cols of `out` from a latent band whose row `top` is the cell's first (in the worker:
+    the cells of a row are disjoint parts of `out`). The post-filter runs on the whole window: its edge
+    is the padded picture's where the window has no margin, and elsewhere the margin is wider than the
+    filter's reach plus the synthesis'."""
     s, margin = LATENT_STRIDE, SYNTHESIS_MARGIN
     cell_h = -(-(rows[1] - rows[0]) // s)
     cell_w = -(-(cols[1] - cols[0]) // s)
@@ -680,10 +682,8 @@ def _synthesise_cell(model, band, top, lx0, rows, cols, inv_gain, kernel, sessio
     x_hat = model.synthesis(window, inv_gain, **session_args)
     if kernel is not None:
         x_hat = apply_post_filter(model, x_hat, kernel, **session_args)
-    x_hat = x_hat[0]
     oy, ox = (top - r0) * s, (lx0 - c0) * s
-    x_hat = x_hat[:, oy : oy + rows[1] - rows[0], ox : ox + cols[1] - cols[0]]
-    return np.clip(x_hat.transpose(1, 2, 0) * 255.0, 0.0, 255.0)
+    _store(out, x_hat[0, :, oy : oy + rows[1] - rows[0], ox : ox + cols[1] - cols[0]], rows, cols, mode)
 
 
 def apply_post_filter(model: Model, x_hat: np.ndarray, kernel: postfilter.Kernel, **session_args) -> np.ndarray:
@@ -694,8 +694,14 @@ def apply_post_filter(model: Model, x_hat: np.ndarray, kernel: postfilter.Kernel
     return filtered if kernel.threshold is None else postfilter.pick_classes(x_hat, filtered, kernel.threshold)
 
 
-def _store(out: np.ndarray, pixels: np.ndarray, rows, cols, mode: str) -> None:
+def _store(out: np.ndarray, x_hat: np.ndarray, rows, cols, mode: str) -> None:
+    """A cell's synthesis output (3, h, w), 0..1 units, into rows x cols of `out` as 8-bit levels."""
+    levels = x_hat * np.float32(255)
+    target = out[rows[0] : rows[1], cols[0] : cols[1]]
     if mode.startswith("L"):  # gray was coded as R = G = B; the mean of the unrounded channels
-        out[rows[0] : rows[1], cols[0] : cols[1], :1] = np.rint(pixels.mean(axis=2, keepdims=True))
-    else:
-        out[rows[0] : rows[1], cols[0] : cols[1], :3] = np.rint(pixels)
+        np.clip(levels, 0.0, 255.0, out=levels)
+        target[:, :, 0] = np.rint(levels.mean(axis=0))
+    else:  # rounded before clipping: the same levels, the ends being integers
+        np.rint(levels, out=levels)
+        np.clip(levels, 0.0, 255.0, out=levels)
+        np.copyto(target[:, :, :3], levels.transpose(1, 2, 0), casting="unsafe")
