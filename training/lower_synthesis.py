@@ -13,8 +13,8 @@ for half a Kodak picture) a process's first decode faults ~11k fewer pages in (s
 layer, 32 -> 3, is 2.6x slower as phases: with a few output channels onnxruntime's blocked (NCHWc)
 convolution kernels idle, so layers with fewer than `min_outputs` output channels are kept.
 The interleave is not onnxruntime's DepthToSpace, a generic 6-D transpose whose innermost axis (2)
-moves ~1 GB/s here (~15 % of the synthesis), but rows of whole phases stacked by a Concat and one
-transpose of (2, W) pairs: the same values, ~10 % less synthesis time (training/LOG.md session 27).
+moves ~1 GB/s here (~15 % of the synthesis), but a transpose of whole rows and one of (2, W) pairs:
+the same values, ~10 % less synthesis time (training/LOG.md session 27).
 Pure onnx + numpy: it rewrites a graph, the weights are the same numbers.
 
     python training/lower_synthesis.py IN.onnx OUT.onnx [--kernels 4 5] [--min-outputs 16]
@@ -54,26 +54,28 @@ def interleave(phases: list[str], output: str, channels: int) -> tuple[list, lis
     """Nodes and int64 initializers that interleave the four phases (1, C, H, W) of a stride-2 layer, in
     DepthToSpace's DCR order (ry, rx), into `output` (1, C, 2H, 2W): what Concat + DepthToSpace compute.
 
-    Each phase is viewed as C * H rows of W, and the Concat stacks the four phases' rows side by side,
-    (1, C * H, 4, W), i.e. (c, y, ry, rx, x): whole rows move, which onnxruntime does at memory speed.
-    Only the last step moves single values: the transpose of each (rx, x) pair of rows to (x, rx)."""
+    The concatenated phases (ry, rx, c, y, x) are transposed twice: whole rows of W values to
+    (c, y, ry, rx, x), which onnxruntime does at memory speed, then each (rx, x) pair of rows to
+    (x, rx), the only step that moves single values. Stacking the phases' rows in the Concat instead
+    (one copy less) was as fast once warm but slower in a first decode (LOG session 27)."""
     from onnx import helper, numpy_helper
 
     def constant(name: str, values: list[int]):
-        return numpy_helper.from_array(np.array(values, dtype=np.int64), f"{output}_{name}")
+        return numpy_helper.from_array(np.array(values, dtype=np.int64), f"{output}_constant_{name}")
 
-    shapes = [constant("as_rows", [1, -1, 1, 0]), constant("as_pairs", [1, -1, 2, 0]),
+    shapes = [constant("by_phase", [1, 4, -1, 0]), constant("as_pairs", [1, -1, 2, 0]),
               constant("two", [2, 2]), constant("batch_channels", [1, channels])]
-    rows = [f"{p}_rows" for p in phases]
-    nodes = [helper.make_node("Reshape", [p, shapes[0].name], [r]) for p, r in zip(phases, rows)]
-    nodes += [
-        helper.make_node("Concat", rows, [f"{output}_stacked"], axis=2),  # (1, C * H, 4, W)
-        helper.make_node("Reshape", [f"{output}_stacked", shapes[1].name], [f"{output}_pairs"]),  # (1, 2CH, 2, W)
-        helper.make_node("Transpose", [f"{output}_pairs"], [f"{output}_interleaved"], perm=[0, 1, 3, 2]),
-        helper.make_node("Shape", [phases[0]], [f"{output}_phase_size"], start=2, end=4),
-        helper.make_node("Mul", [f"{output}_phase_size", shapes[2].name], [f"{output}_size"]),
-        helper.make_node("Concat", [shapes[3].name, f"{output}_size"], [f"{output}_shape"], axis=0),
-        helper.make_node("Reshape", [f"{output}_interleaved", f"{output}_shape"], [output]),
+    name = (output + "_{}").format
+    nodes = [
+        helper.make_node("Concat", phases, [name("phases")], axis=1),
+        helper.make_node("Reshape", [name("phases"), shapes[0].name], [name("by_phase")]),  # (1, 4, C * H, W)
+        helper.make_node("Transpose", [name("by_phase")], [name("rows")], perm=[0, 2, 1, 3]),  # (1, C * H, 4, W)
+        helper.make_node("Reshape", [name("rows"), shapes[1].name], [name("pairs")]),  # (1, 2 * C * H, 2, W)
+        helper.make_node("Transpose", [name("pairs")], [name("interleaved")], perm=[0, 1, 3, 2]),
+        helper.make_node("Shape", [phases[0]], [name("phase_size")], start=2, end=4),
+        helper.make_node("Mul", [name("phase_size"), shapes[2].name], [name("size")]),
+        helper.make_node("Concat", [shapes[3].name, name("size")], [name("shape")], axis=0),
+        helper.make_node("Reshape", [name("interleaved"), name("shape")], [output]),
     ]
     return nodes, shapes
 
