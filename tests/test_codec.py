@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import psnr
 
-from pillow_dcv import codec, entropy
+from pillow_dcv import codec, entropy, postfilter
 from pillow_dcv.models import get_model
 from pillow_dcv.prior import ScaleIndex
 
@@ -532,7 +532,32 @@ def test_synthesis_reaches_less_far_than_the_tile_margin() -> None:
         rows = np.flatnonzero(changed.any(axis=1)) // codec.LATENT_STRIDE
         cols = np.flatnonzero(changed.any(axis=0)) // codec.LATENT_STRIDE
         reach = max(reach, *np.abs(rows - size // 2), *np.abs(cols - size // 2))
-    assert 1 <= reach < codec.SYNTHESIS_MARGIN
+    assert 1 <= reach <= codec.SYNTHESIS_MARGIN
+
+
+def test_a_window_with_the_margin_synthesises_the_whole_mosaics_pixels() -> None:
+    """A cell synthesised from its window grown by SYNTHESIS_MARGIN cells gives the whole mosaic's
+    pixels, also the 2 pixels around it that the post-filter reads; a margin one cell thinner does not
+    (so the margin is no wider than it needs to be)."""
+    model = get_model()
+    _, inv_gain = model.gains(6)
+    rng = np.random.default_rng(3)
+    mosaic = rng.normal(0, 3, (1, model.latent_channels, 14, 14)).astype(np.float32)
+    whole = model.synthesis(mosaic, inv_gain)[0]
+    s, reach = codec.LATENT_STRIDE, postfilter.KERNEL // 2
+
+    def worst_error(margin: int) -> float:
+        error = 0.0
+        for r, c in ((5, 5), (6, 8), (8, 6)):
+            window = np.ascontiguousarray(mosaic[:, :, r - margin : r + 1 + margin, c - margin : c + 1 + margin])
+            cell = model.synthesis(window, inv_gain)[0]
+            inner = slice(margin * s - reach, (margin + 1) * s + reach)
+            expected = whole[:, r * s - reach : (r + 1) * s + reach, c * s - reach : (c + 1) * s + reach]
+            error = max(error, float(np.abs(cell[:, inner, inner] - expected).max()))
+        return error
+
+    assert worst_error(codec.SYNTHESIS_MARGIN) < 1e-5
+    assert worst_error(codec.SYNTHESIS_MARGIN - 1) > 1e-3
 
 
 def test_tiled_decode_equals_a_larger_margin(sample, monkeypatch) -> None:
@@ -581,7 +606,8 @@ def test_a_single_tile_is_synthesised_in_bands_on_workers(sample, monkeypatch) -
     monkeypatch.setattr(model, "synthesis", recorded)
     monkeypatch.setattr(codec, "thread_count", lambda: 2)
     banded = codec.decode(io.BytesIO(data), info)
-    assert sorted(rows for rows, _ in windows) == [13 + 3, 3 + 12 + 3]  # each band and its margins
+    margin = codec.SYNTHESIS_MARGIN
+    assert sorted(rows for rows, _ in windows) == [13 + margin, margin + 12 + margin]  # each band and its margins
     assert all(name.startswith("dcv-worker") for _, name in windows)
     diff = np.abs(banded.astype(int) - alone)
     assert diff.max() <= 1 and diff.mean() < 1e-3  # onnxruntime on one thread each: float rounding only
