@@ -218,9 +218,12 @@ def quantise_latent(
     return model.y_tables.clamp(np.rint(y - mu).astype(np.int64), scale_index), scale_index, mu
 
 
-def decode_tile(model: Model, tile: dict, index: int, height: int, width: int, z_row: int = 0) -> np.ndarray:
+def decode_tile(
+    model: Model, tile: dict, index: int, height: int, width: int, z_row: int = 0, helper: Executor | None = None
+) -> np.ndarray:
     """Latents of tile `index`, a cell of height x width padded pixels -> float32 (M, height/16,
-    width/16): the symbols plus the means they were coded with (and the reconstruction offsets)."""
+    width/16): the symbols plus the means they were coded with (and the reconstruction offsets).
+    `helper`: an idle worker that computes part of the prior ahead (`IntegerHyperSynthesis.stages`)."""
     cz = model.z_channels
     z_shape = (cz, height // DOWNSAMPLING, width // DOWNSAMPLING)
     z_table = np.broadcast_to(z_row * cz + np.arange(cz)[:, None, None], z_shape)
@@ -230,7 +233,7 @@ def decode_tile(model: Model, tile: dict, index: int, height: int, width: int, z
         acc = model.prior.hyper(z_sym)
         y_sym = np.zeros((acc.shape[0] // 2, *acc.shape[1:]), dtype=np.int64)
         centre = np.empty(y_sym.shape)  # what a symbol is added to: its mean, plus the offset
-        for part, update in model.prior.stages(y_sym.shape):
+        for part, update in model.prior.stages(y_sym.shape, helper):
             if update is not None:
                 acc = update(acc, y_sym)
             mu_part, scale_index = model.prior.tables_at(acc, part)
@@ -533,7 +536,8 @@ def decode(fp: BinaryIO, info: Info, **session_args) -> np.ndarray:
     # A single tile's entropy decoding stays in this thread (its onnxruntime GEMMs on all cores); the
     # synthesis of its bands runs on workers all the same (_bands).
     with _workers(len(tile_offsets)) as pool, _workers(MAX_WORKERS if one_tile else 1) as band_pool:
-        rows = _decode_latent_rows(fp, model, tile_offsets, width, height, tile_size, info.quality, pool)
+        helper = band_pool if band_pool.workers > 1 else None  # idle until the bands: it helps the prior
+        rows = _decode_latent_rows(fp, model, tile_offsets, width, height, tile_size, info.quality, pool, helper)
         coded = synthesise(
             model, rows, info.mode, width, height, tile_size, info.quality, kernel, band_pool if one_tile else pool,
             **session_args,
@@ -639,11 +643,12 @@ def _bands(rows: tuple[int, int], top: int, count: int) -> list[tuple[tuple[int,
 
 def _decode_latent_rows(
     fp: BinaryIO, model: Model, tile_offsets: list, width: int, height: int, tile_size: int, quality: float,
-    pool: Executor,
+    pool: Executor, helper: Executor | None = None,
 ) -> Iterator[np.ndarray]:
     """Entropy-decode the tiles into latent bands (M, rows/16, padded width/16), one row of tiles at a
-    time, each tile a task of `pool`. A row's tasks are handed out before the row above is yielded, so
-    workers decode it while that one is synthesised. The file is read here, in the caller's thread."""
+    time, each tile a task of `pool` (with `helper`'s help, see decode_tile). A row's tasks are handed
+    out before the row above is yielded, so workers decode it while that one is synthesised. The file
+    is read here, in the caller's thread."""
     hp, wp = padded_size(height), padded_size(width)
     z_row = model.z_row(quality)
     tiles = iter(enumerate(tile_offsets))
@@ -658,7 +663,7 @@ def _decode_latent_rows(
                 _, tile = container.read_chunk(fp, offset, size)
             except container.ContainerError as e:
                 raise CorruptFileError(str(e)) from None
-            cells.append(pool.submit(decode_tile, model, tile, i, y1 - y0, x1 - x0, z_row))
+            cells.append(pool.submit(decode_tile, model, tile, i, y1 - y0, x1 - x0, z_row, helper))
         return cells
 
     row_starts = range(0, hp, tile_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -612,6 +613,32 @@ def test_a_single_tile_is_synthesised_in_bands_on_workers(sample, monkeypatch) -
     diff = np.abs(banded.astype(int) - alone)
     assert diff.max() <= 1 and diff.mean() < 1e-3  # onnxruntime on one thread each: float rounding only
     assert psnr(banded, pixels) > 25
+
+
+def test_a_helper_thread_computes_part_of_the_prior_to_the_same_latents(sample, monkeypatch) -> None:
+    """With a helper the context's hyperprior term is computed on the helper's thread, ahead of time,
+    and the tile decodes to the same latents to the bit; a whole one-tile decode hands it its band
+    workers."""
+    pixels = np.asarray(sample)[:256, :320]
+    data, info = encode(pixels, 6, orientation=0)
+    _, tile = codec.container.read_chunk(io.BytesIO(data), *info.index.tile_offsets[0])
+    model = get_model()
+    threads, fused = [], model.prior._fused_hyperprior
+
+    def recorded(acc):
+        threads.append(threading.current_thread().name)
+        return fused(acc)
+
+    monkeypatch.setattr(model.prior, "_fused_hyperprior", recorded)
+    alone = codec.decode_tile(model, tile, 0, 256, 320, model.z_row(info.quality))
+    assert threads == [threading.current_thread().name]
+    with ThreadPoolExecutor(1, "helper") as helper:
+        helped = codec.decode_tile(model, tile, 0, 256, 320, model.z_row(info.quality), helper)
+    assert threads[1].startswith("helper")
+    assert np.array_equal(alone, helped)
+    monkeypatch.setattr(codec, "thread_count", lambda: 2)
+    codec.decode(io.BytesIO(data), info)
+    assert threads[2].startswith("dcv-worker")
 
 
 def test_gray_is_stored_as_gray(photo) -> None:
