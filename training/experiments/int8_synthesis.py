@@ -1,19 +1,19 @@
-"""How much faster is an int8 synthesis, and what does it cost in PSNR? (session 12)
+"""How much faster is an int8 synthesis, and what does it cost in PSNR? (sessions 12 and 27)
 
-The synthesis is ~200 of the ~350 ms/Mpx of a decode, which is what keeps a wider decoder out of the
-400 ms/Mpx budget. onnxruntime runs int8 convolutions with VNNI, but not int8 transposed
-convolutions, so each transposed convolution is first rewritten as a convolution + depth-to-space
-(`subpixel_synthesis.py`), then the convolutions are quantised statically (QDQ: int8 weights per
-channel, uint8 activations per tensor, calibrated on real latents of training photos); the inverse
-GDNs stay float. Measured: PSNR of the float and the int8 graphs on the held-out photos (the same
-rounded latents) and the synthesis time at Kodak size.
+The shipped synthesis graph (its transposed convolutions already lowered to phase convolutions) is
+quantised statically by onnxruntime: QDQ, int8 weights per output channel, uint8 activations per
+tensor, min/max calibration on the real latents of 8 training photos x 8 qualities (decoded from
+`.dcv` files, so through the integer prior); the inverse GDNs stay float. Printed: PSNR of each graph
+on the held-out photos' 512x512 centres (the same latents) at q1 / q4 / q8, and one Kodak band's
+synthesis time on one thread (pause training first).
 
-    python training/experiments/int8_synthesis.py training/weights/dcv-ms2-s26.pt
+    python training/experiments/int8_synthesis.py [--model dcv-ms2-s26] [--out /tmp/int8-synthesis]
 """
 
 from __future__ import annotations
 
-import copy
+import argparse
+import io
 import math
 import sys
 import time
@@ -22,30 +22,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from torch import nn
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import held_out, list_images  # noqa: E402
-from export import Synthesis, bake_gdn, export_onnx  # noqa: E402
-from reconstruction_offset import TRAIN_DIR, load  # noqa: E402
-from subpixel_synthesis import SubpixelDeconv  # noqa: E402
-from train import load_eval_image, to_tensor  # noqa: E402
 
-OUT = Path("/tmp/int8-synthesis")
+from pillow_dcv import codec, container, models  # noqa: E402
+
+TRAIN_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
 
 
-def rounded_latent(model, img: np.ndarray, qi: int) -> tuple[np.ndarray, np.ndarray]:
-    x = to_tensor(img[None])
-    gain, inv_gain = model.gains(torch.tensor([qi]))
-    y = model.g_a(x) * gain
-    y_hat, _, _ = model.entropy_parameters(y, model.h_s(torch.round(model.h_a(y))))
-    return y_hat.numpy(), inv_gain.numpy()
-
-
-class Latents(CalibrationDataReader):
+class Feeds(CalibrationDataReader):
     def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
         self.feeds = iter(feeds)
 
@@ -53,83 +41,85 @@ class Latents(CalibrationDataReader):
         return next(self.feeds, None)
 
 
-def session(path: Path, threads: int = 2) -> ort.InferenceSession:
+def centre(path: Path, side: int) -> Image.Image:
+    im = Image.open(path).convert("RGB")
+    s = min(side, *im.size)
+    x0, y0 = (im.width - s) // 2, (im.height - s) // 2
+    return im.crop((x0, y0, x0 + s, y0 + s))
+
+
+def latents(model: models.Model, im: Image.Image, quality: float) -> dict[str, np.ndarray]:
+    """The synthesis' inputs for a picture coded as one tile, decoded from the real file."""
+    buf = io.BytesIO()
+    im.save(buf, "DCV", quality=quality, effort=1, tile_size=1024)
+    info = codec.read_info(io.BytesIO(buf.getvalue()))
+    _, tile = container.read_chunk(io.BytesIO(buf.getvalue()), *info.index.tile_offsets[0])
+    h, w = codec.padded_size(im.height), codec.padded_size(im.width)
+    y = codec.decode_tile(model, tile, 0, h, w, model.z_row(quality))
+    return {"y_hat": y[None], "inv_gain": model.gains(quality)[1]}
+
+
+def session(path: Path) -> ort.InferenceSession:
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def psnr(x: np.ndarray, x_hat: np.ndarray) -> float:
-    mse = np.mean((np.round(np.clip(x_hat, 0, 1) * 255) - x.astype(np.float64)) ** 2)
-    return 10 * math.log10(255**2 / mse)
+def psnr(original: np.ndarray, x_hat: np.ndarray) -> float:
+    levels = np.rint(np.clip(x_hat[0].transpose(1, 2, 0) * 255, 0, 255))[: original.shape[0], : original.shape[1]]
+    return 10 * math.log10(255**2 / np.mean((levels - original.astype(np.float64)) ** 2))
 
 
 def main() -> None:
-    torch.set_num_threads(2)
-    model = load(sys.argv[1])
-    bake_gdn(model)
-    OUT.mkdir(exist_ok=True)
-    sub = copy.deepcopy(Synthesis(model))
-    for i, layer in enumerate(sub.g_s):
-        if isinstance(layer, nn.ConvTranspose2d):
-            sub.g_s[i] = SubpixelDeconv(layer)
-    m = model.m
-    args = (torch.rand(1, m, 8, 12), torch.ones(1, m, 1, 1))
-    export_onnx(Synthesis(model), args, ["y_hat", "inv_gain"], ["x_hat"], OUT / "deconv.onnx")
-    export_onnx(sub, args, ["y_hat", "inv_gain"], ["x_hat"], OUT / "subpixel.onnx")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=models.DEFAULT_MODEL)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/int8-synthesis"))
+    args = ap.parse_args()
+    args.out.mkdir(exist_ok=True)
+    model = models.get_model(args.model)
+
+    # the float graph with its fp16-stored weights folded, and every node named (quantize_static selects by name)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(args.out / "float.onnx")
+    ort.InferenceSession(str(model.folder / "synthesis.onnx"), opts, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(args.out / "float.onnx"))
+    for i, node in enumerate(graph.graph.node):
+        node.name = node.name or f"{node.op_type}_{i}"
+    onnx.save(graph, str(args.out / "float.onnx"))
+    phases = [n.name for n in graph.graph.node if n.op_type == "Conv" and "phase" in n.input[1]]
 
     holdout = held_out(TRAIN_DIR, 8)
     others = [p for p in list_images(TRAIN_DIR) if p not in holdout]
-    with torch.no_grad():
-        calib = []
-        for p in others[5::60][:12]:
-            img = load_eval_image(p, 256)
-            for qi in range(8):
-                y_hat, inv_gain = rounded_latent(model, img, qi)
-                calib.append({"y_hat": y_hat, "inv_gain": inv_gain})
-        tests = {qi: [] for qi in (0, 3, 7)}
-        for p in holdout:
-            img = load_eval_image(p, 512)
-            for qi in tests:
-                tests[qi].append((img, *rounded_latent(model, img, qi)))
+    calibration = [latents(model, centre(p, 256), q) for p in others[5::60][:8] for q in range(1, 9)]
+    pictures = [centre(p, 512) for p in holdout]
+    tests = {q: [(np.asarray(im), latents(model, im, q)) for im in pictures] for q in (1, 4, 8)}
 
-    graph = onnx.load(str(OUT / "subpixel.onnx"))
-    big_convs = [
-        n.name for n in graph.graph.node
-        if n.op_type == "Conv" and "/conv/" in n.name
-    ]
-    print("quantised:", big_convs)
-    variants = {"deconv fp32": OUT / "deconv.onnx", "subpixel fp32": OUT / "subpixel.onnx"}
-    subsets = {"all": big_convs, "2+4": big_convs[1:3], "2": big_convs[1:2], "4": big_convs[2:3],
-               "6": big_convs[3:]}
-    method = CalibrationMethod.MinMax
-    for label, nodes in subsets.items():
-        path = OUT / f"int8-{label}.onnx"
+    variants = {"float": args.out / "float.onnx"}
+    layers = {"all": phases, "layer 1": phases[0:4], "layer 2": phases[4:8], "layer 3": phases[8:12]}
+    for label, nodes in layers.items():
+        path = args.out / f"int8 {label}.onnx"
         quantize_static(
-            str(OUT / "subpixel.onnx"), str(path), Latents(calib), quant_format=QuantFormat.QDQ,
+            str(args.out / "float.onnx"), str(path), Feeds(calibration), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_quantize=nodes, calibrate_method=method,
+            nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax,
         )
         variants[f"int8 {label}"] = path
 
-    feed = {"y_hat": tests[3][0][1][:, :, :32, :32], "inv_gain": tests[3][0][2]}
-    kodak = {"y_hat": np.random.default_rng(0).normal(0, 2, (1, m, 32, 48)).astype(np.float32),
-             "inv_gain": feed["inv_gain"]}
-    for name, path in variants.items():
-        sess = session(path)
-        scores = []
-        for items in tests.values():
-            scores.append(np.mean([psnr(img, sess.run(None, {"y_hat": y, "inv_gain": g})[0][0].transpose(1, 2, 0))
-                                   for img, y, g in items]))
-        sess.run(None, kodak)
-        times = []
-        for _ in range(7):
-            t0 = time.perf_counter()
-            sess.run(None, kodak)
-            times.append(time.perf_counter() - t0)
-        print(f"{name:16s} q1/q4/q8 PSNR " + " / ".join(f"{s:.3f}" for s in scores)
-              + f"   {1000 * min(times) / (512 * 768 / 1e6):.0f} ms/Mpx (2 threads)", flush=True)
+    band = {"y_hat": np.random.default_rng(0).normal(0, 2, (1, model.latent_channels, 19, 48)).astype(np.float32),
+            "inv_gain": model.gains(4)[1]}
+    sessions = {name: session(path) for name, path in variants.items()}
+    times = {name: [] for name in sessions}
+    for _ in range(12):  # interleaved: this machine's speed drifts
+        for name, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, band)
+            times[name].append(time.perf_counter() - t)
+    for name, s in sessions.items():
+        scores = [np.mean([psnr(img, s.run(None, feed)[0]) for img, feed in items]) for items in tests.values()]
+        print(f"{name:14s} q1/q4/q8 PSNR " + " / ".join(f"{v:.3f}" for v in scores)
+              + f"   {1000 * np.median(times[name][2:]):.1f} ms per Kodak band (1 thread)", flush=True)
 
 
 if __name__ == "__main__":
