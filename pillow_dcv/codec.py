@@ -676,20 +676,23 @@ def _decode_latent_rows(
 
 def _synthesise_cell(model, band, top, lx0, rows, cols, inv_gain, kernel, out, mode, session_args) -> None:
     """Pixels rows x cols of `out` from a latent band whose row `top` is the cell's first (in the worker:
-    the cells of a row are disjoint parts of `out`). The post-filter runs on the whole window: its edge
-    is the padded picture's where the window has no margin, and elsewhere the margin is wider than the
-    filter's reach plus the synthesis'."""
+    the cells of a row are disjoint parts of `out`). The post-filter runs on the cell and the pixels
+    within its reach around it: its edge is the padded picture's where the window has no margin, and
+    elsewhere the pixels it reads are exact (the margin outreaches it, tests/test_codec.py)."""
     s, margin = LATENT_STRIDE, SYNTHESIS_MARGIN
-    cell_h = -(-(rows[1] - rows[0]) // s)
-    cell_w = -(-(cols[1] - cols[0]) // s)
-    r0, r1 = max(0, top - margin), min(band.shape[1], top + cell_h + margin)
-    c0, c1 = max(0, lx0 - margin), min(band.shape[2], lx0 + cell_w + margin)
+    height, width = rows[1] - rows[0], cols[1] - cols[0]
+    r0, r1 = max(0, top - margin), min(band.shape[1], top + -(-height // s) + margin)
+    c0, c1 = max(0, lx0 - margin), min(band.shape[2], lx0 + -(-width // s) + margin)
     window = np.ascontiguousarray(band[None, :, r0:r1, c0:c1])
     x_hat = model.synthesis(window, inv_gain, **session_args)
-    if kernel is not None:
-        x_hat = apply_post_filter(model, x_hat, kernel, **session_args)
     oy, ox = (top - r0) * s, (lx0 - c0) * s
-    _store(out, x_hat[0, :, oy : oy + rows[1] - rows[0], ox : ox + cols[1] - cols[0]], rows, cols, mode)
+    if kernel is not None:  # not on the rest of the margin: the pixels kept are the same
+        reach = postfilter.KERNEL // 2
+        y0, x0 = max(0, oy - reach), max(0, ox - reach)
+        around = x_hat[:, :, y0 : oy + height + reach, x0 : ox + width + reach]
+        x_hat = apply_post_filter(model, np.ascontiguousarray(around), kernel, **session_args)
+        oy, ox = oy - y0, ox - x0
+    _store(out, x_hat[0, :, oy : oy + height, ox : ox + width], rows, cols, mode)
 
 
 def apply_post_filter(model: Model, x_hat: np.ndarray, kernel: postfilter.Kernel, **session_args) -> np.ndarray:

@@ -641,6 +641,28 @@ def test_a_helper_thread_computes_part_of_the_prior_to_the_same_latents(sample, 
     assert threads[2].startswith("dcv-worker")
 
 
+def test_the_post_filter_gives_the_whole_padded_pictures_pixels(sample) -> None:
+    """Tiles, bands and the post-filter run on each cell and the pixels within its reach give what the
+    post-filter gives on the synthesis of the whole padded picture (spec 4.5, 8.3)."""
+    pixels = np.asarray(sample)[:300, :390]
+    data, info = encode(pixels, 6, tile_size=128)  # the encoder fits a filter when it searches orientations
+    chunks = info.index.container
+    kernel = postfilter.chunk_kernel(chunks.post_filter, chunks.class_filter)
+    assert kernel is not None and kernel.threshold is not None  # two filters, picked by activity
+    orientation = chunks.header["orientation"]
+    width, height = (300, 390) if orientation & 4 else (390, 300)  # as coded
+    model = get_model()
+    rows = codec._decode_latent_rows(
+        io.BytesIO(data), model, info.index.tile_offsets, width, height, 128, info.quality, codec._Inline()
+    )
+    mosaic = np.concatenate(list(rows), axis=1)
+    x_hat = model.synthesis(mosaic[None], model.gains(info.quality)[1])
+    filtered = codec.apply_post_filter(model, x_hat, kernel)[0, :, :height, :width]
+    expected = codec.unorient(np.rint(np.clip(filtered.transpose(1, 2, 0) * 255, 0, 255)), orientation)
+    diff = np.abs(codec.decode(io.BytesIO(data), info).astype(int) - expected)
+    assert diff.max() <= 1 and diff.mean() < 1e-3  # float rounding only
+
+
 def test_gray_is_stored_as_gray(photo) -> None:
     gray = np.asarray(photo.convert("L"))[:, :, None]
     data = codec.encode(gray, "L", 5)
