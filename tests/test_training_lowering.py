@@ -113,9 +113,11 @@ def test_a_transposed_convolution_of_another_output_size_is_refused() -> None:
 
 def test_the_shipped_synthesis_keeps_only_its_last_transposed_convolution() -> None:
     """The bundled model was exported through the rewrite (training/export.py): every stride-2 layer
-    but the last (3 outputs) runs as phase convolutions."""
+    but the last (3 outputs) runs as phase convolutions, interleaved without DepthToSpace."""
     from pillow_dcv.models import get_model
 
     graph = onnx.load(str(get_model().folder / "synthesis.onnx")).graph
     assert [n.output[0] for n in graph.node if n.op_type == "ConvTranspose"] == ["x_hat"]
     assert sum(n.op_type == "Conv" and n.output[0].endswith(("_phase0", "_phase3")) for n in graph.node) == 6
+    ops = [n.op_type for n in graph.node]
+    assert "DepthToSpace" not in ops and ops.count("Transpose") == 6  # the phases' interleave (interleave())
