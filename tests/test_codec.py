@@ -663,6 +663,26 @@ def test_the_post_filter_gives_the_whole_padded_pictures_pixels(sample) -> None:
     assert diff.max() <= 1 and diff.mean() < 1e-3  # float rounding only
 
 
+def test_a_damaged_stream_with_valid_crcs_fails_cleanly_with_the_prior_helper(sample, monkeypatch) -> None:
+    """Bits flipped in a one-tile stream, the container's CRCs made right again: every decode raises
+    OSError (not another error, not a wrong picture), while the prior's helper may still be running,
+    and leaves no worker thread behind."""
+    monkeypatch.setattr(codec, "thread_count", lambda: 2)
+    data, _ = encode(np.asarray(sample)[:256, :384], 4)
+    rng = np.random.default_rng(5)
+    started = threading.active_count()
+    for _ in range(12):
+        chunks = codec.container.parse(data)
+        stream = bytearray(chunks.tiles[0]["stream"])
+        for i in rng.choice(len(stream), 2, replace=False):
+            stream[i] ^= 1 << int(rng.integers(8))
+        chunks.tiles[0] = {**chunks.tiles[0], "stream": bytes(stream)}
+        damaged = codec.container.build(chunks)
+        with pytest.raises(OSError):
+            codec.decode(io.BytesIO(damaged), codec.read_info(io.BytesIO(damaged)))
+    assert threading.active_count() == started
+
+
 def test_gray_is_stored_as_gray(photo) -> None:
     gray = np.asarray(photo.convert("L"))[:, :, None]
     data = codec.encode(gray, "L", 5)
