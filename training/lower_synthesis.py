@@ -13,7 +13,7 @@ for half a Kodak picture) a process's first decode faults ~11k fewer pages in (s
 layer, 32 -> 3, is 2.6x slower as phases: with a few output channels onnxruntime's blocked (NCHWc)
 convolution kernels idle, so layers with fewer than `min_outputs` output channels are kept.
 The interleave is not onnxruntime's DepthToSpace, a generic 6-D transpose whose innermost axis (2)
-moves ~1 GB/s here (~15 % of the synthesis), but a transpose of whole rows and one of (2, W) pairs:
+moves ~1 GB/s here (~15-17 % of the synthesis), but a transpose of whole rows and one of (2, W) pairs:
 the same values, ~10 % less synthesis time (training/LOG.md session 27).
 Pure onnx + numpy: it rewrites a graph, the weights are the same numbers.
 
