@@ -105,3 +105,40 @@ def test_a_widened_synthesis_computes_the_same_and_keeps_its_moments() -> None:
     moment = resumed.state[new.g_s[2].weight]["exp_avg"]
     assert moment.shape == new.g_s[2].weight.shape and moment[8:].abs().sum() == 0
     assert torch.equal(moment[:8], opt.state[old.g_s[2].weight]["exp_avg"])
+
+
+def test_refitting_the_last_synthesis_layer_recovers_a_transposed_convolution() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training" / "experiments"))
+    from narrow_synthesis import refit_last_layer
+
+    torch.manual_seed(0)
+    a = torch.randn(3, 6, 10, 12)
+    w, bias = torch.randn(6, 3, 4, 4), torch.randn(3)
+    target = torch.nn.functional.conv_transpose2d(a, w, bias, stride=2, padding=1)
+    torch.testing.assert_close(refit_last_layer(a, target, bias), w, rtol=0, atol=1e-3)
+    flipped = w.clone()
+    flipped[:, :, 0, 0] = 0  # a fit that dropped a tap would not reproduce the output
+    assert (torch.nn.functional.conv_transpose2d(a, flipped, bias, stride=2, padding=1) - target).abs().max() > 0.1
+
+
+def test_a_narrowed_synthesis_loads_and_keeps_the_kept_channels_moments() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training" / "experiments"))
+    from narrow_synthesis import narrow_moments, narrow_weights, narrowed
+
+    torch.manual_seed(0)
+    shape = {**SMALL, "synthesis_kernels": [5, 5, 4, 4], "reconstruction_offsets": True}  # as shipped
+    old = DCVModel(**shape)
+    optim = {"offsets_lr_scale": 20}
+    opt = torch.optim.Adam(parameter_groups(old, optim), lr=1e-4)
+    old(torch.rand(1, 3, 64, 64), torch.tensor([0]))["x_hat"].mean().backward()
+    opt.step()
+    cfg = {"model": shape, "optim": optim}
+    sd, keep = narrow_weights(old.state_dict(), cfg, torch.rand(2, 3, 64, 64), 4)
+    new = DCVModel(**narrowed(cfg, 4)["model"])
+    new.load_state_dict(sd)
+    assert new.g_s[4].weight.shape[1] == new.g_s[6].weight.shape[0] == 4 and len(keep) == 4
+    assert torch.equal(new.g_s[5].gamma, old.g_s[5].gamma[keep][:, keep])
+    resumed = torch.optim.Adam(parameter_groups(new, optim), lr=1e-4)
+    resumed.load_state_dict(narrow_moments(opt.state_dict(), new, optim, keep))
+    moment = resumed.state[new.g_s[4].weight]["exp_avg"]
+    assert torch.equal(moment, opt.state[old.g_s[4].weight]["exp_avg"][:, keep])
