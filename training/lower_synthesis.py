@@ -8,10 +8,12 @@ input with exactly its taps (3x3, 3x2, 2x3, 2x2 for k = 5): the same multiply-ad
 onnxruntime's direct convolution kernels. The phases are then interleaved into the output (`interleave`).
 
 Per layer at Kodak size (2 threads, `training/LOG.md` session 25) this pays for k = 5 (13.6 -> 10.1 and
-24.6 -> 16.0 ms). The 64 -> 32 4x4 layer runs as fast either way, but without its column buffer (30 MB
-for half a Kodak picture) a process's first decode faults ~11k fewer pages in (session 26). The last
-layer, 32 -> 3, is 2.6x slower as phases: with a few output channels onnxruntime's blocked (NCHWc)
-convolution kernels idle, so layers with fewer than `min_outputs` output channels are kept.
+24.6 -> 16.0 ms). The 4x4 layer to 1/2 resolution (64 -> 32 until dcv-ms2-s27, 64 -> 16 since s28)
+runs as fast either way (s28's shape: 34.3 against 34.8 ms per band, session 28), but without its column
+buffer (30 MB for half a Kodak picture at 32 channels) a process's first decode faults ~11k fewer pages
+in (session 26). The last layer, 32 -> 3, is 2.6x slower as phases (as one stacked 3x3 convolution,
++4 ms per band: session 28): with a few output channels onnxruntime's blocked (NCHWc) convolution
+kernels idle, so layers with fewer than `min_outputs` output channels are kept.
 The interleave is not onnxruntime's DepthToSpace, a generic 6-D transpose whose innermost axis (2)
 moves ~1 GB/s here (~15-17 % of the synthesis), but a transpose of whole rows and one of (2, W) pairs:
 the same values, ~10 % less synthesis time (training/LOG.md session 27).
