@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import CropSampler  # noqa: E402
 from lower_synthesis import phase_taps  # noqa: E402
 from model import DCVModel, ste_round  # noqa: E402
-from train import parameter_groups  # noqa: E402
+from widen_synthesis import reshape_moments  # noqa: E402
 
 # parameter -> axes of the 1/2-resolution channels in it
 NARROWED_AXES = {"g_s.4.weight": (1,), "g_s.4.bias": (0,), "g_s.5.beta": (0,), "g_s.5.gamma": (0, 1),
@@ -159,15 +160,8 @@ def distil(sd: dict, wide_sd: dict, cfg: dict, crops: torch.Tensor, steps: int, 
 
 
 def narrow_moments(opt_state: dict, model: DCVModel, optim: dict, keep: torch.Tensor) -> dict:
-    """Adam's moments in the order of train.parameter_groups, sliced like the weights."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    order = [names[id(p)] for group in parameter_groups(model, optim) for p in group["params"]]
-    state = dict(opt_state["state"])
-    for name, axes in NARROWED_AXES.items():
-        index = order.index(name)
-        state[index] = {k: (take(v, axes, keep) if k in ("exp_avg", "exp_avg_sq") else v)
-                        for k, v in state[index].items()}
-    return {"state": state, "param_groups": opt_state["param_groups"]}
+    """Adam's moments for the narrowed model, sliced like the weights."""
+    return reshape_moments(opt_state, model, optim, NARROWED_AXES, lambda v, axes: take(v, axes, keep))
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -55,16 +56,25 @@ def widen_weights(sd: dict[str, torch.Tensor], width: int, seed: int = 0) -> dic
     return sd
 
 
-def widen_moments(opt_state: dict, model: DCVModel, optim: dict, width: int) -> dict:
-    """Adam's moments in the order of train.parameter_groups; new entries start at zero."""
+def reshape_moments(
+    opt_state: dict, model: DCVModel, optim: dict, axes_of: dict[str, tuple[int, ...]],
+    change: Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor],
+) -> dict:
+    """Adam's state (in the order of train.parameter_groups) for `model`, whose parameters named in
+    `axes_of` changed size along those axes: `change(moment, axes)` gives each of their moments."""
     names = {id(p): n for n, p in model.named_parameters()}
     order = [names[id(p)] for group in parameter_groups(model, optim) for p in group["params"]]
     state = dict(opt_state["state"])
-    for name, axes in WIDENED_AXES.items():
+    for name, axes in axes_of.items():
         index = order.index(name)
-        state[index] = {k: (grow(v, axes, width, 0.0) if k in ("exp_avg", "exp_avg_sq") else v)
+        state[index] = {k: (change(v, axes) if k in ("exp_avg", "exp_avg_sq") else v)
                         for k, v in state[index].items()}
     return {"state": state, "param_groups": opt_state["param_groups"]}
+
+
+def widen_moments(opt_state: dict, model: DCVModel, optim: dict, width: int) -> dict:
+    """Adam's moments for the widened model; new entries start at zero."""
+    return reshape_moments(opt_state, model, optim, WIDENED_AXES, lambda v, axes: grow(v, axes, width, 0.0))
 
 
 def main() -> None:
