@@ -223,17 +223,17 @@ def decode_tile(
 ) -> np.ndarray:
     """Latents of tile `index`, a cell of height x width padded pixels -> float32 (M, height/16,
     width/16): the symbols plus the means they were coded with (and the reconstruction offsets).
-    `helper`: an idle worker that computes part of the prior ahead (`IntegerHyperSynthesis.stages`)."""
+    `helper`: an idle worker that computes part of the prior ahead (`IntegerHyperSynthesis.decoding_stages`)."""
     cz = model.z_channels
     z_shape = (cz, height // DOWNSAMPLING, width // DOWNSAMPLING)
     z_table = np.broadcast_to(z_row * cz + np.arange(cz)[:, None, None], z_shape)
     try:
         stream = entropy.Decoder(tile["stream"])
         z_sym = stream.decode(z_table, model.z_tables).reshape(z_shape)
-        acc = model.prior.hyper(z_sym)
+        acc, stages = model.prior.decoding_stages(z_sym, helper)
         y_sym = np.zeros((acc.shape[0] // 2, *acc.shape[1:]), dtype=np.int64)
         centre = np.empty(y_sym.shape)  # what a symbol is added to: its mean, plus the offset
-        for part, update in model.prior.stages(y_sym.shape, helper):
+        for part, update in stages:
             if update is not None:
                 acc = update(acc, y_sym)
             mu_part, scale_index = model.prior.tables_at(acc, part)

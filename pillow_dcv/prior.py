@@ -155,16 +155,28 @@ class _Layer:
         x = x.astype(self.gemms[0].dtype, copy=False)
         if self.pad == 0 and self.kind == "conv":  # 1x1: the input is its own patch matrix
             return (self.gemms[0](x.reshape(h * w, c), matmul) + self.bias).reshape(h, w, -1)
-        p = self.pad
-        xp = np.pad(x, ((p, p), (p, p), (0, 0)))
-        results = [g(_patches(xp, p, h, w, offsets), matmul) for (offsets, _), g in zip(self.phases, self.gemms)]
+        xp = self.padded(x)
+        results = [self.phase(xp, n, matmul) for n in range(len(self.phases))]
         if self.kind == "conv":
-            return (results[0] + self.bias).reshape(h, w, -1)
+            return results[0].reshape(h, w, -1)
         out = np.empty((h, 2, w, 2, self.out_channels), dtype=np.int64)  # phase (rh, rw): rows 2j + rh
         for n, result in enumerate(results):
             out[:, n // 2, :, n % 2] = result.reshape(h, w, -1)
-        out += self.bias
         return out.reshape(2 * h, 2 * w, self.out_channels)
+
+    def padded(self, x: np.ndarray) -> np.ndarray:
+        """The (h, w, C) input zero-padded for phase(), in the patch matrices' type."""
+        p = self.pad
+        return np.pad(x.astype(self.gemms[0].dtype, copy=False), ((p, p), (p, p), (0, 0)))
+
+    def phase(self, xp: np.ndarray, n: int, matmul: IntMatMul) -> np.ndarray:
+        """Output phase n of the padded input xp, bias added: (h * w, O) in raster order. For a
+        transposed convolution phase n = 2 rh + rw holds output rows 2j + rh, columns 2i + rw."""
+        p = self.pad
+        h, w = xp.shape[0] - 2 * p, xp.shape[1] - 2 * p
+        out = self.gemms[n](_patches(xp, p, h, w, self.phases[n][0]), matmul)
+        out += self.bias
+        return out
 
 
 def requantise_int(acc: np.ndarray, shift: int) -> np.ndarray:
@@ -447,15 +459,64 @@ class IntegerHyperSynthesis:
             (Part(half, m, "others"), lambda acc, y_sym: self.channel_context(acc, y_sym, anchors=False)),
         ]
 
+    def decoding_stages(
+        self, z: np.ndarray, helper: Executor | None = None
+    ) -> tuple[np.ndarray, list[tuple[Part, Update | None]]]:
+        """hyper(z) and stages(), as a decoder runs them: with a `helper` (an idle thread), the
+        returned accumulators hold the anchors only, and the helper computes the others' (and the
+        context's hyperprior term from them) while the anchors are decoded; the context's update
+        fills them in. The hyper-synthesis' stride-2 transposed convolution before its 1x1 output
+        layer makes each 2x2 phase of the latent a separate product, and the anchors are two of the
+        phases. The same integers, ~half the hyper-synthesis off the decoder's path (LOG session 29)."""
+        deconv, head = self._gemms[-2:] if len(self._gemms) > 1 else (None, self._gemms[-1])
+        if helper is None or not self.has_context or deconv is None or deconv.kind != "deconv" or head.pad:
+            acc = self.hyper(z)
+            return acc, self.stages((len(acc) // 2, *acc.shape[1:]), helper)
+        x = self._hidden(z, self._gemms[:-2])
+        h, w, _ = x.shape
+        xp = deconv.padded(x)
+
+        def outputs(n: int) -> np.ndarray:  # the accumulators at phase n: (h * w, 2M)
+            hidden = requantise_clip(deconv.phase(xp, n, self.matmul), deconv.shift, 0, self.activation_max)
+            out = head.gemms[0](hidden, self.matmul)
+            out += head.bias
+            return out
+
+        def others() -> tuple[np.ndarray, np.ndarray]:  # in the context's order: phase after phase
+            rows = np.concatenate([outputs(2 * r + q) for r, q in OTHER_PHASES])
+            return rows, self._fused_rows(rows) if self._fusion is not None else None
+
+        pending = helper.submit(others)
+        acc = np.zeros((head.out_channels, 2 * h, 2 * w), dtype=np.int64)
+        for r, q in ANCHOR_PHASES:
+            acc[:, r::2, q::2] = outputs(2 * r + q).T.reshape(-1, h, w)
+
+        def context(acc: np.ndarray, y_sym: np.ndarray) -> np.ndarray:
+            rows, fused = pending.result()
+            for (r, q), part in zip(OTHER_PHASES, np.split(rows, 2)):
+                acc[:, r::2, q::2] = part.T.reshape(-1, h, w)  # acc is this decode's own array
+            return self.context(acc, y_sym, fused)
+
+        stages = self.stages((head.out_channels // 2, 2 * h, 2 * w))
+        first_others = next(n for n, (part, _) in enumerate(stages) if part.where == "others")
+        stages[first_others] = (stages[first_others][0], context)  # the context's update, after the merge
+        return acc, stages
+
     def hyper(self, z: np.ndarray) -> np.ndarray:
         """z: (Cz, h, w) integers -> int64 accumulators (2M, 4h, 4w): scales, then means."""
+        x = self._hidden(z, self._gemms[:-1])
+        return np.ascontiguousarray(self._gemms[-1](x, self.matmul).transpose(2, 0, 1))
+
+    def _hidden(self, z: np.ndarray, layers: list[_Layer]) -> np.ndarray:
+        """z: (Cz, h, w) integers through `layers` (the first ones), each requantised, ReLU'd and
+        clipped: channels-last (h', w', C)."""
         z = np.asarray(z)
         if z.size and (z.min() < self.z_range[0] or z.max() > self.z_range[1]):
             raise ValueError("hyper-latent outside the range of the z tables")  # the GEMMs assume it
         x = z.transpose(1, 2, 0)  # channels-last inside
-        for layer in self._gemms[:-1]:
+        for layer in layers:
             x = requantise_clip(layer(x, self.matmul), layer.shift, 0, self.activation_max)  # ReLU, bound
-        return np.ascontiguousarray(self._gemms[-1](x, self.matmul).transpose(2, 0, 1))
+        return x
 
     def tables(self, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Accumulators -> (mu as exact dyadic float64, scale index int64)."""
@@ -536,6 +597,9 @@ class IntegerHyperSynthesis:
     def _fused_hyperprior(self, acc: np.ndarray) -> np.ndarray:
         """S and U at the non-anchors (in the context's order), requantised and clipped, through a
         1x1 convolution into the units of the context's layer-0 accumulator: (n, hidden)."""
-        x = np.concatenate([acc[:, r::2, q::2].reshape(len(acc), -1).T for r, q in OTHER_PHASES], axis=0)
-        x = np.clip(requantise_int(x, self.fusion_input_shift), -self.fusion_input_max, self.fusion_input_max)
+        return self._fused_rows(np.concatenate([acc[:, r::2, q::2].reshape(len(acc), -1).T for r, q in OTHER_PHASES]))
+
+    def _fused_rows(self, rows: np.ndarray) -> np.ndarray:
+        """_fused_hyperprior of the hyperprior's accumulators at the non-anchors, (n, 2M) in its order."""
+        x = np.clip(requantise_int(rows, self.fusion_input_shift), -self.fusion_input_max, self.fusion_input_max)
         return requantise_int(self._fusion(x[:, None, :], self.matmul)[:, 0], self.fusion_shift)

@@ -623,13 +623,13 @@ def test_a_helper_thread_computes_part_of_the_prior_to_the_same_latents(sample, 
     data, info = encode(pixels, 6, orientation=0)
     _, tile = codec.container.read_chunk(io.BytesIO(data), *info.index.tile_offsets[0])
     model = get_model()
-    threads, fused = [], model.prior._fused_hyperprior
+    threads, fused = [], model.prior._fused_rows
 
     def recorded(acc):
         threads.append(threading.current_thread().name)
         return fused(acc)
 
-    monkeypatch.setattr(model.prior, "_fused_hyperprior", recorded)
+    monkeypatch.setattr(model.prior, "_fused_rows", recorded)
     alone = codec.decode_tile(model, tile, 0, 256, 320, model.z_row(info.quality))
     assert threads == [threading.current_thread().name]
     with ThreadPoolExecutor(1, "helper") as helper:
