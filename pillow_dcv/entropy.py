@@ -43,16 +43,16 @@ class Tables:
         return np.clip(symbols, self.lows[table], self.highs[table])
 
 
-def _groups(table: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
-    """Stable order of the symbols by table, and (table, start, stop) of each group in that order."""
+def _groups(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stable order of the symbols by table, the tables that occur (ascending) and their counts."""
     if table.size and not 0 <= table.min() <= table.max() < 2**16:
         raise ValueError("table index out of range")
-    small = table.astype(np.uint16)  # numpy's stable sort is a radix sort for 16-bit keys
+    # numpy's stable sort is a radix sort for 8- and 16-bit keys (one pass for 8 bits: the y tables)
+    small = table.astype(np.uint8 if table.size == 0 or table.max() < 2**8 else np.uint16)
     order = np.argsort(small, kind="stable")
     counts = np.bincount(small)
     groups = np.flatnonzero(counts)
-    bounds = np.concatenate(([0], np.cumsum(counts[groups]))).tolist()
-    return order, groups.tolist(), bounds
+    return order, groups, counts[groups]
 
 
 def encode(parts: list[tuple[np.ndarray, np.ndarray, Tables]]) -> bytes:
@@ -64,9 +64,10 @@ def encode(parts: list[tuple[np.ndarray, np.ndarray, Tables]]) -> bytes:
     # ANS is a stack: push everything in reverse so the decoder pops parts and groups in order.
     for symbols, table, tables in reversed(parts):
         symbols = symbols.ravel()
-        order, groups, bounds = _groups(table.ravel())
+        order, groups, counts = _groups(table.ravel())
+        bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
         for g in range(len(groups) - 1, -1, -1):
-            k = groups[g]
+            k = int(groups[g])
             chosen = symbols[order[bounds[g] : bounds[g + 1]]] - tables.offsets[k]
             coder.encode_reverse(chosen.astype(np.int32), tables.model(k))
     return coder.get_compressed().astype("<u4").tobytes()
@@ -84,12 +85,15 @@ class Decoder:
 
     def decode(self, table: np.ndarray, tables: Tables) -> np.ndarray:
         table = table.ravel()
-        out = np.empty(table.shape, dtype=np.int64)
-        order, groups, bounds = _groups(table)
-        for g, k in enumerate(groups):
-            n = bounds[g + 1] - bounds[g]
-            values = self._coder.decode(tables.model(k), n)
-            out[order[bounds[g] : bounds[g + 1]]] = values.astype(np.int64) + tables.offsets[k]
+        order, groups, counts = _groups(table)
+        values = np.empty(table.size, dtype=np.int64)  # group after group, then put in place at once
+        start = 0
+        for k, n in zip(groups.tolist(), counts.tolist()):
+            values[start : start + n] = self._coder.decode(tables.model(k), n)
+            start += n
+        values += np.repeat(tables.offsets[groups], counts)
+        out = np.empty(table.size, dtype=np.int64)
+        out[order] = values
         return out
 
     def finish(self) -> None:
