@@ -478,9 +478,7 @@ class IntegerHyperSynthesis:
 
         def outputs(n: int) -> np.ndarray:  # the accumulators at phase n: (h * w, 2M)
             hidden = requantise_clip(deconv.phase(xp, n, self.matmul), deconv.shift, 0, self.activation_max)
-            out = head.gemms[0](hidden, self.matmul)
-            out += head.bias
-            return out
+            return head(hidden[:, None, :], self.matmul)[:, 0]  # the 1x1 layer on h * w positions
 
         def others() -> tuple[np.ndarray, np.ndarray]:  # in the context's order: phase after phase
             rows = np.concatenate([outputs(2 * r + q) for r, q in OTHER_PHASES])
