@@ -115,8 +115,6 @@ def _encodable(im: Image.Image) -> Image.Image:
 
 
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
-    import numpy as np
-
     info = im.encoderinfo
     quality = codec.validate_quality(info.get("quality", DEFAULT_QUALITY))
     icc_profile = _metadata_bytes("icc_profile", info.get("icc_profile", im.info.get("icc_profile")))
