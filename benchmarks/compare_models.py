@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Two bundled DCV models on the same photos, through real .dcv bytes: the ship-or-not check.
 
-    python benchmarks/compare_models.py dcv-ms2-s28 dcv-ms2-s29            # held-out training photos
-    python benchmarks/compare_models.py dcv-ms2-s28 dcv-ms2-s29 --images ../shared/data/kodak
+    python benchmarks/compare_models.py dcv-ms2-s29 dcv-ms2-s30            # held-out training photos
+    python benchmarks/compare_models.py dcv-ms2-s29 dcv-ms2-s30 --images ../shared/data/kodak
 
 The default photos are the ones training never samples (training/config.toml `holdout_images`), so
 the decision is not tuned to Kodak, the set the results are reported on. Each photo is centre-cropped

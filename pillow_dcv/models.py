@@ -23,7 +23,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 # it on its own threads with VNNI where the CPU has it (~4x a float32 GEMM), and numpy's BLAS threads,
 # which kept spinning after each call, no longer slow the synthesis that follows.
 GEMM_DIR = Path(__file__).resolve().parent / "gemm"
-DEFAULT_MODEL = "dcv-ms2-s29"
+DEFAULT_MODEL = "dcv-ms2-s30"
 MODEL_FILES = ("analysis.onnx", "synthesis.onnx", "prior.npz")
 SHARED_GRAPHS = ("matmul_integer", "post_filter", "gram")  # in GEMM_DIR: the same for every model
 

@@ -12,7 +12,7 @@ Each candidate is coded to real bytes (the codec's own quantisation and entropy 
 8-bit pixels. Reported: BD-rate of each fixed variant against plain coding, and of the per-image choice
 of the lowest bpp + lambda * MSE (what an encoder could do without a format change).
 
-    python training/experiments/encoder_refine.py [--model dcv-ms2-s29] [--images DIR] [--threads 1]
+    python training/experiments/encoder_refine.py [--model dcv-ms2-s30] [--images DIR] [--threads 1]
 """
 
 from __future__ import annotations

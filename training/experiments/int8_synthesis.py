@@ -7,7 +7,7 @@ tensor, min/max calibration on the real latents of 8 training photos x 8 qualiti
 on the held-out photos' 512x512 centres (the same latents) at q1 / q4 / q8, and one Kodak band's
 synthesis time on one thread (pause training first).
 
-    python training/experiments/int8_synthesis.py [--model dcv-ms2-s29] [--out /tmp/int8-synthesis]
+    python training/experiments/int8_synthesis.py [--model dcv-ms2-s30] [--out /tmp/int8-synthesis]
 """
 
 from __future__ import annotations

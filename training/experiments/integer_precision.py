@@ -5,7 +5,7 @@ pillow_dcv.prior.ExactGemm computes any width exactly, at one 8-bit GEMM per ope
 setting, estimated bits of the integer prior against the float model, per quality
 (experiments/prior_cost.py's table), for one checkpoint:
 
-    python training/experiments/integer_precision.py training/weights/dcv-ms2-s29.pt [SETTING ...]
+    python training/experiments/integer_precision.py training/weights/dcv-ms2-s30.pt [SETTING ...]
 """
 
 from __future__ import annotations

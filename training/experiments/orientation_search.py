@@ -7,7 +7,7 @@ would say which one to undo. This measures that gain with real .dcv bytes before
 each held-out photo (768x768 centre) is coded in every orientation at every quality, and the best-of-K
 choice for K = 2, 4, 8 is compared with the identity by BD-rate.
 
-    python training/experiments/orientation_search.py [--model dcv-ms2-s29] [--images DIR]
+    python training/experiments/orientation_search.py [--model dcv-ms2-s30] [--images DIR]
 
 Session 20, dcv-ms2-s19 (this script's order; training/LOG.md has the codec's order, 0 5 3 6 1 2 4 7):
 held-out photos best of 2 / 4 / 8: -0.44 / -1.33 / -2.05 %; Kodak (qualities 1 3 5 7 8): -0.21 / -0.62 /

@@ -53,7 +53,7 @@ class PhaseDeconv(nn.Module):
 def main() -> None:
     from subpixel_synthesis import compare_with_convtranspose
 
-    weights = sys.argv[1] if len(sys.argv) > 1 else "training/weights/dcv-ms2-s29.pt"
+    weights = sys.argv[1] if len(sys.argv) > 1 else "training/weights/dcv-ms2-s30.pt"
     compare_with_convtranspose(PhaseDeconv, "phase", weights)
 
 

@@ -4,7 +4,7 @@ Per quality, estimated bits of y with (a) the integer prior's means and scale in
 model's means with the integer scale indices, (c) the integer means with the float scales; each
 against the float model. Builds the integer prior as export.py does, without writing files.
 
-    python training/experiments/prior_cost.py training/weights/dcv-ms2-s29.pt
+    python training/experiments/prior_cost.py training/weights/dcv-ms2-s30.pt
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ w_c * (v - q)^2, with the exact bits of the integer tables and w_c the synthesis
 (summed over the pixels, [0, 1] units) to one unit of latent channel c at that quality, measured
 here on training photos with sparse random +-1 perturbations.
 
-    python training/experiments/rdoq.py [--model dcv-ms2-s29] [--kappa 0.5 1 1.5]
+    python training/experiments/rdoq.py [--model dcv-ms2-s30] [--kappa 0.5 1 1.5]
 
 Encoder only: every file stays decodable by any decoder. Prints the BD-rate of each kappa against
 plain rounding on the held-out photos (real bytes, RGB PSNR).

@@ -6,7 +6,7 @@ their average is not mu + q. The decoder knows each symbol's scale index exactly
 offset[scale index, min(|q|, 3)], measured on training photos, moves the synthesis input to
 mu + q + sign(q) * offset. The bits do not change; this measures the PSNR on the held-out photos.
 
-    python training/experiments/reconstruction_offset.py training/weights/dcv-ms2-s29.pt
+    python training/experiments/reconstruction_offset.py training/weights/dcv-ms2-s30.pt
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def compare_with_convtranspose(replacement: type[nn.Module], name: str, weights:
 
 
 def main() -> None:
-    weights = sys.argv[1] if len(sys.argv) > 1 else "training/weights/dcv-ms2-s29.pt"
+    weights = sys.argv[1] if len(sys.argv) > 1 else "training/weights/dcv-ms2-s30.pt"
     compare_with_convtranspose(SubpixelDeconv, "subpixel", weights)
 
 
